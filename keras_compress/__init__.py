@@ -1,0 +1,37 @@
+"""keras_compress: training-time model compression for Keras 3, exported to OpenVINO INT8.
+
+Example:
+    ```python
+    import keras_compress as kc
+
+    compressed, ctrl = kc.compress(model, "configs/int8.json", dataset=(x, y))
+    compressed.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    compressed.fit(x, y, epochs=2, callbacks=ctrl.callbacks())
+    kc.export(compressed, "out/model")
+    ```
+"""
+
+from keras_compress.config import CompressionConfig, ConfigError, ConfigWarning, load_config
+from keras_compress.controller import CompressionController
+from keras_compress.export.exporter import export
+from keras_compress.quantization.fake_quantize import FakeQuantize
+from keras_compress.quantization.quantize_wrapper import QuantizeWrapper
+from keras_compress.statistics import CompressionStatistics
+from keras_compress.transform import compress
+from keras_compress.wrapper import WeightsWrapper
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CompressionConfig",
+    "CompressionController",
+    "CompressionStatistics",
+    "ConfigError",
+    "ConfigWarning",
+    "FakeQuantize",
+    "QuantizeWrapper",
+    "WeightsWrapper",
+    "compress",
+    "export",
+    "load_config",
+]

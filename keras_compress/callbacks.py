@@ -1,0 +1,40 @@
+"""Keras callbacks that drive compression schedules and log compression figures."""
+
+from __future__ import annotations
+
+import keras
+
+__all__ = ["CompressionStatisticsCallback"]
+
+
+class CompressionStatisticsCallback(keras.callbacks.Callback):
+    """Puts the controller's numeric figures into `logs` at the end of every epoch.
+
+    The figures appear as `compression/<algorithm>/<figure>` in the progress bar, History,
+    CSVLogger and TensorBoard.
+
+    Args:
+        controller: the `CompressionController`.
+        log_dir: optional TensorBoard log directory for the same figures.
+    """
+
+    def __init__(self, controller, log_dir=None):
+        super().__init__()
+        self.controller = controller
+        self.log_dir = log_dir
+        self._writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        figures = self.controller.statistics().figures()
+        if logs is not None:
+            for key, value in figures.items():
+                logs[f"compression/{key}"] = float(value)
+        if self.log_dir:
+            import tensorflow as tf
+
+            if self._writer is None:
+                self._writer = tf.summary.create_file_writer(self.log_dir)
+            with self._writer.as_default():
+                for key, value in figures.items():
+                    tf.summary.scalar(f"compression/{key}", float(value), step=epoch)
+            self._writer.flush()

@@ -1,0 +1,212 @@
+"""Which Keras layers have compressible weights, and how to call them with replaced weights.
+
+Wrappers (quantization, pruning, sparsity) transform a layer's weights and then run the
+layer's own computation with the transformed tensors. Keras layers read their weights
+from attributes inside `call`, so each supported class gets a small function here that
+reproduces its `call` with public `keras.ops` and explicit weight tensors.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+__all__ = [
+    "CompressibleLayerSpec",
+    "COMPRESSIBLE_LAYERS",
+    "compressible_spec",
+    "call_with_weights",
+]
+
+
+def _bias_add(layer, outputs, bias, channels):
+    if bias is None:
+        return outputs
+    rank = len(outputs.shape) - 2
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        shape = (1, channels) + (1,) * rank
+    else:
+        shape = (1,) * (rank + 1) + (channels,)
+    return ops.add(outputs, ops.reshape(bias, shape))
+
+
+def _activate(layer, outputs):
+    return layer.activation(outputs) if layer.activation is not None else outputs
+
+
+def _conv(layer, inputs, w):
+    padding = layer.padding
+    if padding == "causal":
+        left = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
+        if layer.data_format == "channels_last":
+            inputs = ops.pad(inputs, [[0, 0], [left, 0], [0, 0]])
+        else:
+            inputs = ops.pad(inputs, [[0, 0], [0, 0], [left, 0]])
+        padding = "valid"
+    outputs = ops.conv(
+        inputs,
+        w["kernel"],
+        strides=list(layer.strides),
+        padding=padding,
+        dilation_rate=layer.dilation_rate,
+        data_format=layer.data_format,
+    )
+    outputs = _bias_add(layer, outputs, w.get("bias"), layer.filters)
+    return _activate(layer, outputs)
+
+
+def _depthwise_conv(layer, inputs, w):
+    outputs = ops.depthwise_conv(
+        inputs,
+        w["kernel"],
+        strides=layer.strides,
+        padding=layer.padding,
+        dilation_rate=layer.dilation_rate,
+        data_format=layer.data_format,
+    )
+    channels = w["kernel"].shape[-2] * w["kernel"].shape[-1]
+    outputs = _bias_add(layer, outputs, w.get("bias"), channels)
+    return _activate(layer, outputs)
+
+
+def _separable_conv(layer, inputs, w):
+    outputs = ops.separable_conv(
+        inputs,
+        w["depthwise_kernel"],
+        w["pointwise_kernel"],
+        strides=layer.strides,
+        padding=layer.padding,
+        dilation_rate=layer.dilation_rate,
+        data_format=layer.data_format,
+    )
+    outputs = _bias_add(layer, outputs, w.get("bias"), w["pointwise_kernel"].shape[-1])
+    return _activate(layer, outputs)
+
+
+def _conv_transpose(layer, inputs, w):
+    outputs = ops.conv_transpose(
+        inputs,
+        w["kernel"],
+        strides=list(layer.strides),
+        padding=layer.padding,
+        output_padding=layer.output_padding,
+        dilation_rate=layer.dilation_rate,
+        data_format=layer.data_format,
+    )
+    outputs = _bias_add(layer, outputs, w.get("bias"), w["kernel"].shape[-2])
+    return _activate(layer, outputs)
+
+
+def _dense(layer, inputs, w):
+    outputs = ops.matmul(inputs, w["kernel"])
+    if w.get("bias") is not None:
+        outputs = ops.add(outputs, w["bias"])
+    return _activate(layer, outputs)
+
+
+def _einsum_dense(layer, inputs, w):
+    outputs = ops.einsum(layer.equation, inputs, w["kernel"])
+    if w.get("bias") is not None:
+        outputs = ops.add(outputs, w["bias"])
+    return _activate(layer, outputs)
+
+
+def _embedding(layer, inputs, w):
+    if inputs.dtype not in ("int32", "int64"):
+        inputs = ops.cast(inputs, "int32")
+    return ops.cast(ops.take(w["embeddings"], inputs, axis=0), layer.compute_dtype)
+
+
+class CompressibleLayerSpec:
+    """How one Keras layer class exposes its compressible weights.
+
+    Args:
+        weights: names of the weight attributes that compression may transform
+            (the main weights: kernels, embeddings).
+        channel_axes: for each weight, the axis that indexes output channels
+            (per-channel quantization axis, filter-pruning axis).
+        call: function `(layer, inputs, weights_dict) -> outputs` that reproduces
+            the layer's `call` with the given weight tensors.
+        kind: "conv", "depthwise", "separable", "conv_transpose", "dense",
+            "einsum_dense" or "embedding".
+    """
+
+    def __init__(self, layer_class, weights, channel_axes, call, kind):
+        self.layer_class = layer_class
+        self.weights = tuple(weights)
+        self.channel_axes = dict(zip(weights, channel_axes))
+        self.call = call
+        self.kind = kind
+
+
+L = keras.layers
+_SPECS = [
+    *(CompressibleLayerSpec(c, ["kernel"], [-1], _conv, "conv") for c in (L.Conv1D, L.Conv2D, L.Conv3D)),
+    *(
+        CompressibleLayerSpec(c, ["kernel"], [-2], _depthwise_conv, "depthwise")
+        for c in (L.DepthwiseConv1D, L.DepthwiseConv2D)
+    ),
+    *(
+        CompressibleLayerSpec(
+            c, ["depthwise_kernel", "pointwise_kernel"], [-2, -1], _separable_conv, "separable"
+        )
+        for c in (L.SeparableConv1D, L.SeparableConv2D)
+    ),
+    *(
+        CompressibleLayerSpec(c, ["kernel"], [-2], _conv_transpose, "conv_transpose")
+        for c in (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
+    ),
+    CompressibleLayerSpec(L.Dense, ["kernel"], [-1], _dense, "dense"),
+    CompressibleLayerSpec(L.EinsumDense, ["kernel"], [-1], _einsum_dense, "einsum_dense"),
+    CompressibleLayerSpec(L.Embedding, ["embeddings"], [-1], _embedding, "embedding"),
+]
+del L
+
+#: Supported layer class -> its spec. Subclasses that keep the parent's `call` are supported too.
+COMPRESSIBLE_LAYERS = {spec.layer_class: spec for spec in _SPECS}
+
+
+def compressible_spec(layer):
+    """Returns the `CompressibleLayerSpec` of `layer`, or None when it is not supported.
+
+    A subclass of a supported class counts only when it does not override `call`
+    (its computation would otherwise differ from what the wrapper reproduces).
+    """
+    for cls in type(layer).__mro__:
+        spec = COMPRESSIBLE_LAYERS.get(cls)
+        if spec is not None:
+            return spec if type(layer).call is cls.call else None
+    return None
+
+
+def unsupported_reason(layer):
+    """Why a layer with weights cannot be compressed, or None when it can."""
+    if compressible_spec(layer) is not None:
+        if getattr(layer, "lora_enabled", False):
+            return "LoRA-enabled layers are not supported"
+        if getattr(layer, "quantization_mode", None):
+            return f"already quantized by Keras (mode {layer.quantization_mode!r})"
+        return None
+    for cls in type(layer).__mro__:
+        if cls in COMPRESSIBLE_LAYERS:
+            return f"subclass of {cls.__name__} that overrides call()"
+    return f"layer type {type(layer).__name__} is not supported"
+
+
+def call_with_weights(layer, inputs, weights):
+    """Runs `layer`'s computation on `inputs` with `weights` replacing its own.
+
+    Args:
+        layer: a built layer of a supported class.
+        inputs: the layer's input tensor.
+        weights: dict from weight attribute name ("kernel", "bias", ...) to tensor.
+            Missing entries are read from the layer.
+
+    Returns:
+        The layer's output tensor.
+    """
+    spec = compressible_spec(layer)
+    full = {name: getattr(layer, name) for name in spec.weights}
+    full["bias"] = getattr(layer, "bias", None)
+    full.update(weights)
+    return spec.call(layer, inputs, full)

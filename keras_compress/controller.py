@@ -1,0 +1,116 @@
+"""CompressionController: what `kc.compress` returns next to the compressed model."""
+
+from __future__ import annotations
+
+import logging
+
+from keras_compress.quantization.range_init import iterate_batches
+from keras_compress.statistics import CompressionStatistics
+
+__all__ = ["CompressionController", "build_algorithms"]
+
+logger = logging.getLogger("keras_compress")
+
+
+def build_algorithms(config):
+    """The algorithm objects for the config's `compression` sections, in config order."""
+    from keras_compress.quantization.algorithm import QuantizationAlgorithm
+
+    algorithms = []
+    for section in config.compression:
+        if section.algorithm == "quantization":
+            algorithms.append(QuantizationAlgorithm(section, config.target_device))
+        else:
+            raise ValueError(
+                f"The {section.algorithm!r} algorithm is not available in this version of "
+                "keras_compress. Available: ['quantization']"
+            )
+    return algorithms
+
+
+class CompressionController:
+    """Drives and reports the compression of one model.
+
+    Args:
+        model: the compressed model built by `kc.compress`.
+        config: the `CompressionConfig`.
+        algorithms: the algorithm objects.
+        pairs: `(original_layer, new_layer, path)` for every cloned layer.
+    """
+
+    def __init__(self, model, config, algorithms, pairs=()):
+        self.model = model
+        self.config = config
+        self.algorithms = algorithms
+        self.pairs = list(pairs)
+
+    def algorithm(self, name):
+        """The algorithm object called `name` ("quantization", ...), or None."""
+        return next((a for a in self.algorithms if a.name == name), None)
+
+    # ----------------------------------------------------------------- initialization
+    def _bn_adaptation_samples(self):
+        return max(
+            (s.initializer.batchnorm_adaptation.num_bn_adaptation_samples for s in self.config.compression),
+            default=0,
+        )
+
+    def needs_data(self):
+        """Whether initialization wants calibration data (range init or BN adaptation)."""
+        quantization = self.algorithm("quantization")
+        return bool(
+            (quantization is not None and quantization.activation_quantizers(self.model))
+            or self._bn_adaptation_samples() > 0
+        )
+
+    def initialize(self, dataset, verbose=1):
+        """Runs the data-driven initializers on `dataset`.
+
+        Order: weight ranges from the weights; BatchNorm adaptation (activation quantizers
+        pass through, weights quantized), then activation range init.
+        """
+        from keras_compress.quantization.bn_adaptation import adapt_batchnorm
+
+        quantization = self.algorithm("quantization")
+        if quantization is not None:
+            quantization.initialize_weights(self.model)
+        num_bn = self._bn_adaptation_samples()
+        if num_bn > 0:
+            quantizers = quantization.activation_quantizers(self.model) if quantization else []
+            for layer in quantizers:
+                layer.enabled = False
+            try:
+                if verbose:
+                    logger.info("BatchNorm adaptation on %d samples", num_bn)
+                adapt_batchnorm(self.model, iterate_batches(dataset), num_bn, verbose=verbose)
+            finally:
+                for layer in quantizers:
+                    layer.enabled = True
+        if quantization is not None:
+            quantization.initialize_activations(self.model, iterate_batches(dataset), verbose=verbose)
+
+    # ----------------------------------------------------------------- training-time API
+    def callbacks(self, log_dir=None):
+        """Keras callbacks that log compression figures into `logs` every epoch.
+
+        Args:
+            log_dir: when given, also write the figures as TensorBoard scalars there.
+        """
+        from keras_compress.callbacks import CompressionStatisticsCallback
+
+        return [CompressionStatisticsCallback(self, log_dir=log_dir)]
+
+    def statistics(self, model=None):
+        """Per-algorithm statistics of `model` (default: the compressed model)."""
+        model = model or self.model
+        return CompressionStatistics({a.name: a.statistics(model) for a in self.algorithms})
+
+    def strip(self, model=None):
+        """A plain inference copy of `model` (default: the compressed model), ready to export.
+
+        Quantizers stay (they become OpenVINO FakeQuantize ops), half-range weight quantizers
+        get NNCF's overflow fix. The trained model is left as it is.
+        """
+        from keras_compress.export.strip import strip_model
+
+        return strip_model(model or self.model)

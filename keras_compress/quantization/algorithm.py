@@ -1,0 +1,273 @@
+"""Quantization-aware training: which layers get which quantizers, initialization, statistics."""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+import numpy as np
+
+from keras_compress.compressible import compressible_spec, unsupported_reason
+from keras_compress.graph import iter_layers
+from keras_compress.quantization.fake_quantize import FakeQuantize
+from keras_compress.quantization.placement import AGNOSTIC_LAYERS, plan_activation_quantizers
+from keras_compress.quantization.quantize_wrapper import QuantizeWrapper
+from keras_compress.quantization.quantizers import QuantizerSpec
+from keras_compress.quantization.range_init import RangeCollector
+from keras_compress.transform import matches_scope
+
+__all__ = ["QuantizationAlgorithm"]
+
+logger = logging.getLogger("keras_compress")
+
+#: Kinds of compressible layers whose weights are quantized (embeddings are not).
+WEIGHT_KINDS = ("conv", "depthwise", "separable", "conv_transpose", "dense", "einsum_dense")
+
+
+class QuantizationAlgorithm:
+    """Uniform fake quantization of weights and activations (config `"algorithm": "quantization"`).
+
+    Args:
+        config: the `QuantizationConfig` section.
+        target_device: the config's `target_device` (the overflow fix applies to CPU and ANY).
+    """
+
+    name = "quantization"
+
+    def __init__(self, config, target_device="ANY"):
+        self.config = config
+        self.target_device = target_device
+        self.skipped = {}  # layer path -> reason its weights are not quantized
+        self.first_layer_ids = set()
+        if config.activations.per_channel:
+            logger.warning(
+                "quantization.activations.per_channel is not supported: activations are "
+                "quantized per tensor (what OpenVINO runs in INT8)."
+            )
+
+    # ----------------------------------------------------------------- selection
+    def _names(self, layer, path):
+        return [layer.name, f"{path}{layer.name}"]
+
+    def _in_scope(self, names, group):
+        cfg = self.config
+        ignored = list(cfg.ignored_scopes) + list(group.ignored_scopes)
+        targets = list(cfg.target_scopes) + list(group.target_scopes)
+        if matches_scope(names, ignored):
+            return False
+        return not targets or matches_scope(names, targets)
+
+    def selects_weights(self, layer, path=""):
+        """Whether `layer`'s weights get quantized; records the reason when they do not."""
+        if not layer.weights:
+            return False
+        names = self._names(layer, path)
+        spec = compressible_spec(layer)
+        reason = unsupported_reason(layer)
+        if reason is None and spec.kind not in WEIGHT_KINDS:
+            reason = f"{spec.kind} weights are not quantized"
+        if reason is None and not self._in_scope(names, self.config.weights):
+            reason = "excluded by scopes"
+        if reason is not None:
+            if not isinstance(layer, _NOT_LISTED):
+                self.skipped[names[1]] = reason
+            return False
+        return True
+
+    def _weight_spec(self, layer, attr):
+        cfg = self.config.weights
+        spec = compressible_spec(layer)
+        half = (
+            self.config.overflow_fix == "enable"
+            or (self.config.overflow_fix == "first_layer_only" and id(layer) in self.first_layer_ids)
+        ) and cfg.bits == 8 and self.target_device in ("ANY", "CPU")
+        return QuantizerSpec(
+            mode=cfg.mode,
+            bits=cfg.bits,
+            signed=True if cfg.signed is None else cfg.signed,
+            per_channel=cfg.per_channel,
+            axis=spec.channel_axes[attr],
+            narrow_range=cfg.mode == "symmetric",
+            half_range=half,
+        )
+
+    # ----------------------------------------------------------------- transform hooks
+    def wrap(self, original, layer, path):
+        """Wraps `layer` (the fresh copy of `original`) in a `QuantizeWrapper` when selected."""
+        if not self.selects_weights(original, path):
+            return layer
+        specs = {attr: self._weight_spec(original, attr) for attr in compressible_spec(original).weights}
+        return QuantizeWrapper(layer, specs)
+
+    def plan(self, graph, path):
+        """The activation quantizers of one (sub)model: see `plan_activation_quantizers`."""
+        self.first_layer_ids |= _first_layers(graph)
+        weight_quantized = {
+            id(call.layer) for call in graph.calls if self.selects_weights(call.layer, path)
+        }
+        act = self.config.activations
+
+        def is_ignored(name):
+            return not self._in_scope([name, f"{path}{name}"], act)
+
+        return plan_activation_quantizers(
+            graph,
+            weight_quantized,
+            quantize_inputs=self.config.quantize_inputs,
+            quantize_outputs=self.config.quantize_outputs,
+            is_ignored=is_ignored,
+        )
+
+    def make_layer(self, key, plan):
+        """The `FakeQuantize` layer for an activation quantizer key of `plan`."""
+        act = self.config.activations
+        return FakeQuantize(mode=act.mode, bits=act.bits, signed=act.signed, name=plan.names[key])
+
+    # ----------------------------------------------------------------- initialization
+    def activation_quantizers(self, model):
+        return [layer for layer in iter_layers(model) if isinstance(layer, FakeQuantize)]
+
+    def weight_wrappers(self, model):
+        return [layer for layer in iter_layers(model) if isinstance(layer, QuantizeWrapper)]
+
+    def num_init_samples(self):
+        return max((c.num_init_samples for c in _range_configs(self.config)), default=0)
+
+    def initialize_weights(self, model):
+        for wrapper in self.weight_wrappers(model):
+            wrapper.initialize_ranges_from_weights()
+
+    def initialize_activations(self, model, batches, verbose=1):
+        """Sets every activation quantizer's range (and signedness) from calibration data.
+
+        Runs the model eagerly with activation quantizers passing their inputs through, and
+        reduces the statistics with each quantizer's range-init config.
+
+        Returns:
+            The number of samples used.
+        """
+        layers = self.activation_quantizers(model)
+        num_samples = self.num_init_samples()
+        if not layers or num_samples <= 0:
+            return 0
+        collectors = {}
+        for layer in layers:
+            rc = _range_config_for(self.config, [layer.name, layer.name.rsplit("_quantizer", 1)[0]])
+            collector = RangeCollector(rc.type, rc.params.min_percentile, rc.params.max_percentile)
+            collectors[layer.name] = collector
+            layer.observer = lambda x, c=collector: c.update(keras.ops.convert_to_numpy(x))
+            layer.enabled = False
+        progress = keras.utils.Progbar(num_samples, verbose=verbose, unit_name="sample")
+        seen = 0
+        try:
+            for x in batches:
+                model(x, training=False)
+                seen += int(keras.tree.flatten(x)[0].shape[0])
+                progress.update(min(seen, num_samples))
+                if seen >= num_samples:
+                    break
+        finally:
+            for layer in layers:
+                layer.observer = None
+                layer.enabled = True
+        if seen == 0:
+            raise ValueError("Range initialization got no samples: `dataset` yielded no batches.")
+        for layer in layers:
+            low, high = collectors[layer.name].result()
+            layer.quantizer.set_range(low, high)
+        return seen
+
+    # ----------------------------------------------------------------- statistics
+    def statistics(self, model):
+        """Rows and figures describing the quantizers in `model`."""
+        weight_rows, activation_rows = [], []
+        for wrapper in self.weight_wrappers(model):
+            for attr, q in wrapper.quantizers.items():
+                weight_rows.append(
+                    [
+                        wrapper.name,
+                        attr,
+                        q.spec.bits,
+                        q.spec.mode,
+                        "per-channel" if q.spec.per_channel else "per-tensor",
+                        "half" if q.spec.half_range else "full",
+                    ]
+                )
+        for layer in self.activation_quantizers(model):
+            low, high = (keras.ops.convert_to_numpy(v) for v in layer.quantizer.range())
+            low, high = float(np.min(low)) + 0.0, float(np.max(high)) + 0.0
+            signed = layer.quantizer.is_signed
+            activation_rows.append(
+                [
+                    layer.name,
+                    layer.spec.bits,
+                    layer.spec.mode,
+                    "asymmetric" if signed is None else ("signed" if signed else "unsigned"),
+                    f"[{low:.4g}, {high:.4g}]",
+                ]
+            )
+        per_channel = sum(1 for r in weight_rows if r[4] == "per-channel")
+        figures = {
+            "weight_quantizers": len(weight_rows),
+            "activation_quantizers": len(activation_rows),
+            "per_channel_share": per_channel / len(weight_rows) if weight_rows else 0.0,
+            "unsigned_activation_share": (
+                sum(1 for r in activation_rows if r[3] == "unsigned") / len(activation_rows)
+                if activation_rows
+                else 0.0
+            ),
+            "mean_weight_bits": float(np.mean([r[2] for r in weight_rows])) if weight_rows else 0.0,
+        }
+        return {
+            "figures": figures,
+            "weights": (["layer", "weight", "bits", "mode", "granularity", "range"], weight_rows),
+            "activations": (["quantizer", "bits", "mode", "sign", "range"], activation_rows),
+            "skipped": dict(self.skipped),
+        }
+
+
+# Layers without compressible weights that are not worth listing as "skipped".
+_NOT_LISTED = (
+    keras.layers.BatchNormalization,
+    keras.layers.LayerNormalization,
+    keras.layers.GroupNormalization,
+    keras.layers.Normalization,
+    keras.layers.Rescaling,
+)
+
+
+def _range_configs(config):
+    rng = config.initializer.range
+    return list(rng) if isinstance(rng, (list, tuple)) else [rng]
+
+
+def _range_config_for(config, names):
+    """The first range-init config whose scopes match a quantizer (NNCF per-scope range init)."""
+    configs = _range_configs(config)
+    for rc in configs:
+        targets = getattr(rc, "target_scopes", None) or []
+        ignored = getattr(rc, "ignored_scopes", None) or []
+        group = getattr(rc, "target_quantizer_group", None)
+        if group == "weights":
+            continue
+        if matches_scope(names, ignored):
+            continue
+        if not targets or matches_scope(names, targets):
+            return rc
+    return configs[0]
+
+
+def _first_layers(graph):
+    """Ids of the layers that read a model input directly (through padding, reshape, ...)."""
+    first = set()
+    for ref in graph.inputs:
+        frontier = [ref]
+        while frontier:
+            current = frontier.pop()
+            for index, _ in graph.consumers(current):
+                call = graph.calls[index]
+                if isinstance(call.layer, AGNOSTIC_LAYERS):
+                    frontier.extend((index, j) for j in range(call.num_outputs))
+                else:
+                    first.add(id(call.layer))
+    return first

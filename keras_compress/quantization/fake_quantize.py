@@ -1,0 +1,69 @@
+"""FakeQuantize: the activation quantizer layer inserted into the model graph."""
+
+from __future__ import annotations
+
+import keras
+
+from keras_compress.quantization.quantizers import Quantizer, QuantizerSpec
+
+__all__ = ["FakeQuantize"]
+
+
+@keras.saving.register_keras_serializable(package="keras_compress")
+class FakeQuantize(keras.layers.Layer):
+    """Per-tensor fake quantization of activations with a learned range.
+
+    One instance may be called on several tensors (the inputs of an `Add` or `Concatenate`):
+    they then share one range, which lets OpenVINO run the element-wise op on integers.
+
+    Args:
+        mode: "symmetric" or "asymmetric".
+        bits: bit width, 2 to 8.
+        signed: force signedness (True/False) or None to decide it at range init.
+        narrow_range: use 2**bits - 1 levels.
+        **kwargs: base layer arguments.
+
+    Example:
+        >>> fq = FakeQuantize(bits=8, signed=False)
+        >>> y = fq(keras.ops.ones((2, 3)))
+        >>> tuple(y.shape)
+        (2, 3)
+    """
+
+    def __init__(self, mode="symmetric", bits=8, signed=None, narrow_range=False, **kwargs):
+        super().__init__(**kwargs)
+        self.quantizer = Quantizer(
+            QuantizerSpec(mode=mode, bits=bits, signed=signed, narrow_range=narrow_range)
+        )
+        # Range-init and BN-adaptation hooks (not serialized): a callable that receives the
+        # input in eager mode, and a switch that makes the layer pass its input through.
+        self.observer = None
+        self.enabled = True
+
+    @property
+    def spec(self):
+        return self.quantizer.spec
+
+    def build(self, input_shape=None):
+        self.quantizer.build(self, name="activation")
+        self.built = True
+
+    def call(self, inputs):
+        if self.observer is not None:
+            self.observer(inputs)
+        if not self.enabled:
+            return inputs
+        return self.quantizer(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        spec = self.spec
+        config = {
+            "mode": spec.mode,
+            "bits": spec.bits,
+            "signed": spec.signed,
+            "narrow_range": spec.narrow_range,
+        }
+        return {**super().get_config(), **config}

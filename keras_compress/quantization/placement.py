@@ -1,0 +1,143 @@
+"""Where activation quantizers go: a pure function over the model graph.
+
+The rules follow what OpenVINO's CPU plugin needs to run layers in INT8 (see DESIGN.md):
+- the inputs of weight-quantized layers, average pooling and model inputs get a quantizer;
+- one quantizer per tensor is shared by all such consumers, and it moves up through
+  precision-preserving layers (padding, max pooling, reshape, dropout, ...) when every consumer
+  of the tensor wants it, so a ReLU output feeding `ZeroPadding -> MaxPool -> Conv` is quantized
+  right after the ReLU;
+- the inputs of Add / Concatenate (and the other element-wise merges) share one quantizer per
+  merge layer: equal scales let OpenVINO compute the merge on integers;
+- nothing sits between a convolution and its BatchNormalization (BN is not a quantizing consumer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+
+__all__ = ["ActivationPlan", "plan_activation_quantizers", "AGNOSTIC_LAYERS", "MERGE_LAYERS"]
+
+L = keras.layers
+#: Layers whose output is on the input's quantization grid when the input is (precision preserving).
+AGNOSTIC_LAYERS = (
+    L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
+    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D,
+    L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
+    L.Reshape, L.Flatten, L.Permute, L.RepeatVector, L.Identity,
+    L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
+    L.Cropping1D, L.Cropping2D, L.Cropping3D,
+)  # fmt: skip
+#: Layers whose inputs are quantized with their own (per-tensor) quantizer.
+POOLING_LAYERS = (
+    L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
+    L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
+)  # fmt: skip
+#: Merge layers whose inputs share one quantizer.
+MERGE_LAYERS = (L.Add, L.Concatenate, L.Average, L.Subtract, L.Maximum, L.Minimum)
+del L
+
+
+@dataclasses.dataclass
+class ActivationPlan:
+    """Activation quantizers for one Functional model.
+
+    Attributes:
+        edges: {(call index, input position): quantizer key}: the call's input at that position
+            goes through the quantizer. Keys are ("tensor", TensorRef) or ("merge", call index).
+        names: {quantizer key: layer name for the FakeQuantize}.
+        outputs: {model output position: quantizer key} (only with `quantize_outputs`).
+    """
+
+    edges: dict
+    names: dict
+    outputs: dict
+
+
+def _is_float(dtype):
+    return "float" in str(dtype)
+
+
+def plan_activation_quantizers(
+    graph,
+    weight_quantized,
+    quantize_inputs=True,
+    quantize_outputs=False,
+    is_ignored=lambda name: False,
+):
+    """Decides where the activation quantizers of a model go.
+
+    Args:
+        graph: the model's `ModelGraph`.
+        weight_quantized: set of ids of the original layers whose weights are quantized.
+        quantize_inputs: quantize model inputs (NNCF `quantize_inputs`).
+        quantize_outputs: quantize model outputs (NNCF `quantize_outputs`).
+        is_ignored: predicate on a consumer layer name: True skips its input quantizers.
+
+    Returns:
+        An `ActivationPlan`.
+    """
+    needs = {}  # TensorRef -> set of consumer edges that want the shared tensor quantizer
+    edges = {}
+    names = {}
+    for call in graph.calls:
+        layer = call.layer
+        merge = isinstance(layer, MERGE_LAYERS)
+        if not (id(layer) in weight_quantized or isinstance(layer, POOLING_LAYERS) or merge):
+            continue
+        if is_ignored(call.name):
+            continue
+        for pos, ref in enumerate(call.inputs):
+            if not _is_float(graph.dtypes.get(ref)):
+                continue
+            if graph.producer(ref) is None and not quantize_inputs:
+                continue
+            if merge:
+                key = ("merge", call.index)
+                edges[(call.index, pos)] = key
+                names[key] = f"{call.name}_inputs_quantizer"
+            else:
+                needs.setdefault(ref, set()).add((call.index, pos))
+
+    # Move tensor quantizers up through precision-preserving layers, latest producers first.
+    pending = sorted(needs, key=lambda r: r[0])
+    while pending:
+        ref = pending.pop()
+        producer = graph.producer(ref)
+        if (
+            producer is not None
+            and isinstance(producer.layer, AGNOSTIC_LAYERS)
+            and len(producer.inputs) == 1
+            and needs[ref] == set(graph.consumers(ref))
+            and not graph.is_model_output(ref)
+            and (graph.producer(producer.inputs[0]) is not None or quantize_inputs)
+        ):
+            source = producer.inputs[0]
+            if source not in needs:
+                pending.append(source)
+                pending.sort(key=lambda r: r[0])
+            needs.setdefault(source, set()).add((producer.index, 0))
+            del needs[ref]
+
+    for ref, consumer_edges in needs.items():
+        key = ("tensor", ref)
+        names[key] = _tensor_name(graph, ref) + "_quantizer"
+        for edge in consumer_edges:
+            edges[edge] = key
+
+    outputs = {}
+    if quantize_outputs:
+        for pos, ref in enumerate(graph.outputs):
+            if _is_float(graph.dtypes.get(ref)):
+                key = ("output", pos)
+                outputs[pos] = key
+                names[key] = _tensor_name(graph, ref) + "_output_quantizer"
+    return ActivationPlan(edges, names, outputs)
+
+
+def _tensor_name(graph, ref):
+    producer = graph.producer(ref)
+    if producer is None:
+        return graph.input_names[-1 - ref[0]]
+    return producer.name if producer.num_outputs == 1 else f"{producer.name}_{ref[1]}"

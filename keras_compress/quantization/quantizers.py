@@ -1,0 +1,202 @@
+"""Uniform quantizers: pure range functions plus a thin class that owns range variables.
+
+All fake quantization goes through `keras.quantizers.fake_quant_with_min_max_vars`, which on
+the TensorFlow backend emits `FakeQuantWithMinMaxVars[PerChannel]` ops: OpenVINO maps them to
+`FakeQuantize` and runs the surrounding Convolution/MatMul in INT8.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+from keras import ops
+
+__all__ = [
+    "QuantizerSpec",
+    "Quantizer",
+    "symmetric_range",
+    "asymmetric_range",
+    "fake_quantize",
+]
+
+_EPS = 1e-7
+
+
+@dataclasses.dataclass
+class QuantizerSpec:
+    """What one quantizer does.
+
+    Args:
+        mode: "symmetric" (a learned scale; range [-scale, scale] or [0, scale]) or
+            "asymmetric" (a learned low and range).
+        bits: bit width, 2 to 8.
+        signed: True or False to force signedness, None to decide it from data at range init.
+        per_channel: one range per channel along `axis` instead of one per tensor.
+        axis: the channel axis (per-channel only).
+        narrow_range: use 2**bits - 1 levels (symmetric weights: -127..127 for 8 bits).
+        half_range: quantize to bits - 1 during training (NNCF's overflow fix for CPUs without
+            VNNI); `apply_overflow_fix` turns it into a full-width quantizer with the same grid.
+    """
+
+    mode: str = "symmetric"
+    bits: int = 8
+    signed: bool | None = None
+    per_channel: bool = False
+    axis: int | None = None
+    narrow_range: bool = False
+    half_range: bool = False
+
+    def __post_init__(self):
+        if self.mode not in ("symmetric", "asymmetric"):
+            raise ValueError(
+                f"`mode` must be 'symmetric' or 'asymmetric'. Received: mode={self.mode!r}"
+            )
+        if not 2 <= int(self.bits) <= 8:
+            raise ValueError(f"`bits` must be between 2 and 8. Received: bits={self.bits}")
+        if self.per_channel and self.axis is None:
+            raise ValueError("A per-channel quantizer needs `axis`. Received: axis=None")
+
+    @property
+    def train_bits(self):
+        """Bits used by the fake-quant op during training."""
+        return self.bits - 1 if self.half_range else self.bits
+
+    def to_config(self):
+        return dataclasses.asdict(self)
+
+
+def symmetric_range(scale, signed, bits, narrow_range):
+    """Range of a symmetric quantizer.
+
+    Signed ranges hold zero exactly: with 2**bits levels the low end is
+    `-scale * 2**(bits-1) / (2**(bits-1) - 1)` (int8: -128..127 steps of scale/127); with
+    narrow range it is `-scale` (-127..127).
+
+    Args:
+        scale: positive scale (tensor, per-channel or scalar).
+        signed: 1.0 for signed, 0.0 for unsigned (tensor or float).
+        bits: bit width.
+        narrow_range: whether the quantizer uses 2**bits - 1 levels.
+
+    Returns:
+        (low, high) tensors.
+
+    Example:
+        >>> low, high = symmetric_range(1.0, 1.0, 8, False)
+        >>> round(float(low), 4), float(high)
+        (-1.0079, 1.0)
+    """
+    half = 2 ** (bits - 1)
+    ratio = 1.0 if narrow_range else half / (half - 1)
+    scale = ops.abs(ops.convert_to_tensor(scale, "float32")) + _EPS
+    return -scale * ratio * signed, scale
+
+
+def asymmetric_range(input_low, input_range):
+    """Range `[input_low, input_low + |input_range|]` of an asymmetric quantizer."""
+    input_low = ops.convert_to_tensor(input_low, "float32")
+    return input_low, input_low + ops.abs(ops.convert_to_tensor(input_range, "float32")) + _EPS
+
+
+def fake_quantize(x, low, high, bits, narrow_range=False, axis=None):
+    """Quantizes and dequantizes `x` onto the uniform grid of `[low, high]`.
+
+    Gradients pass straight through to `x` inside the range and reach `low` and `high`.
+    """
+    return keras.quantizers.fake_quant_with_min_max_vars(
+        x, low, high, num_bits=bits, narrow_range=narrow_range, axis=axis
+    )
+
+
+class Quantizer:
+    """A quantizer whose range lives in variables of a host layer.
+
+    Args:
+        spec: the `QuantizerSpec`.
+
+    Example:
+        >>> layer = keras.layers.Layer()
+        >>> q = Quantizer(QuantizerSpec(bits=8, signed=True))
+        >>> q.build(layer, name="act")
+        >>> q.set_range(-2.0, 2.0)
+        >>> float(q(np.array([0.3], "float32"))[0]) == round(0.3 * 127 / 2) * 2 / 127
+        True
+    """
+
+    def __init__(self, spec: QuantizerSpec):
+        self.spec = spec
+        self.variables = {}
+
+    def build(self, layer, name, channels=None):
+        """Creates the range variables on `layer` (shape `[channels]` when per-channel)."""
+        shape = (int(channels),) if self.spec.per_channel else ()
+        add = lambda n, value, trainable=True: layer.add_weight(  # noqa: E731
+            name=f"{name}_{n}",
+            shape=shape if n != "signed" else (),
+            initializer=keras.initializers.Constant(value),
+            trainable=trainable,
+        )
+        if self.spec.mode == "symmetric":
+            self.variables["scale"] = add("scale", 1.0)
+            self.variables["signed"] = add("signed", 0.0 if self.spec.signed is False else 1.0, False)
+        else:
+            self.variables["input_low"] = add("input_low", 0.0)
+            self.variables["input_range"] = add("input_range", 1.0)
+
+    def range(self):
+        """The (low, high) tensors of the current range."""
+        v = self.variables
+        if self.spec.mode == "symmetric":
+            return symmetric_range(v["scale"], v["signed"], self.spec.train_bits, self.spec.narrow_range)
+        return asymmetric_range(v["input_low"], v["input_range"])
+
+    def __call__(self, x):
+        low, high = self.range()
+        axis = self.spec.axis if self.spec.per_channel else None
+        return fake_quantize(x, low, high, self.spec.train_bits, self.spec.narrow_range, axis)
+
+    @property
+    def is_signed(self):
+        if self.spec.mode == "asymmetric":
+            return None
+        return bool(keras.ops.convert_to_numpy(self.variables["signed"]) > 0.5)
+
+    def set_range(self, low, high):
+        """Sets the range from observed statistics (scalars or per-channel arrays).
+
+        Symmetric quantizers decide their signedness from `low` when `spec.signed` is None
+        (unsigned when nothing below zero was seen) and take `scale = max(|low|, |high|)`.
+        Degenerate statistics (constant or all-zero data, NaN) still give a valid range.
+        """
+        low = np.nan_to_num(np.asarray(low, "float32"), nan=0.0, posinf=0.0, neginf=0.0)
+        high = np.nan_to_num(np.asarray(high, "float32"), nan=0.0, posinf=0.0, neginf=0.0)
+        low, high = np.minimum(low, 0.0), np.maximum(high, 0.0)
+        if self.spec.mode == "symmetric":
+            signed = bool(np.any(low < 0)) if self.spec.signed is None else self.spec.signed
+            scale = np.maximum(np.abs(low), high) if signed else high
+            scale = np.maximum(scale, 1e-4)
+            self.variables["scale"].assign(np.broadcast_to(scale, self.variables["scale"].shape))
+            self.variables["signed"].assign(1.0 if signed else 0.0)
+        else:
+            rng = np.maximum(high - low, 1e-4)
+            self.variables["input_low"].assign(np.broadcast_to(low, self.variables["input_low"].shape))
+            self.variables["input_range"].assign(
+                np.broadcast_to(rng, self.variables["input_range"].shape)
+            )
+
+    def apply_overflow_fix(self):
+        """Turns a half-range quantizer into a full-width one with the same grid.
+
+        Call after replacing the weights by their quantized values: a (b-1)-bit grid over
+        [-s, s] has steps of s / (2**(b-2) - 1); the b-bit grid with the same step spans
+        [-s * (2**(b-1) - 1) / (2**(b-2) - 1), ...], so the exported weights are unchanged.
+        """
+        if not self.spec.half_range:
+            return
+        b = self.spec.bits
+        if self.spec.mode == "symmetric":
+            factor = (2 ** (b - 1) - 1) / (2 ** (b - 2) - 1)
+            self.variables["scale"].assign(self.variables["scale"] * factor)
+        self.spec = dataclasses.replace(self.spec, half_range=False)

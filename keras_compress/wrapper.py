@@ -1,0 +1,75 @@
+"""Base class of the wrappers that transform a layer's weights before its computation."""
+
+from __future__ import annotations
+
+import keras
+
+from keras_compress.compressible import call_with_weights, compressible_spec
+
+__all__ = ["WeightsWrapper", "unwrap"]
+
+
+def unwrap(layer):
+    """Returns the innermost layer under a stack of `WeightsWrapper`s."""
+    while isinstance(layer, WeightsWrapper):
+        layer = layer.layer
+    return layer
+
+
+class WeightsWrapper(keras.layers.Wrapper):
+    """Wraps a compressible layer and runs it with transformed weights.
+
+    Subclasses create their variables in `build_wrapper(input_shape)` and implement
+    `transform_weights(weights, training)`. Wrappers nest (for example quantization
+    around pruning): the outermost wrapper applies every transform from the innermost
+    outwards, then calls the wrapped layer's computation once with the result.
+
+    Args:
+        layer: a layer of a class listed in `keras_compress.compressible.COMPRESSIBLE_LAYERS`,
+            or another `WeightsWrapper`.
+        **kwargs: base `keras.layers.Layer` arguments (`name`, ...).
+    """
+
+    def __init__(self, layer, **kwargs):
+        kwargs.setdefault("name", layer.name)
+        super().__init__(layer, **kwargs)
+        self.spec = compressible_spec(unwrap(layer))
+        if self.spec is None:
+            raise ValueError(
+                "`layer` must be a compressible Keras layer (Conv*, Dense, EinsumDense, "
+                f"Embedding, ...). Received: layer={unwrap(layer).__class__.__name__}"
+            )
+
+    def build(self, input_shape=None):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self.build_wrapper(input_shape)
+        self.built = True
+
+    def build_wrapper(self, input_shape):
+        """Creates the wrapper's own variables. The wrapped layer is already built."""
+
+    def transform_weights(self, weights, training=None):
+        """Returns the transformed weights (a new dict; never modifies variables)."""
+        return weights
+
+    def _chain(self):
+        chain, layer = [], self
+        while isinstance(layer, WeightsWrapper):
+            chain.append(layer)
+            layer = layer.layer
+        return list(reversed(chain)), layer
+
+    def effective_weights(self, training=False):
+        """The weights as the wrapped layer sees them: every transform applied."""
+        chain, base = self._chain()
+        weights = {name: getattr(base, name) for name in self.spec.weights}
+        for wrapper in chain:
+            weights = wrapper.transform_weights(weights, training=training)
+        return weights
+
+    def call(self, inputs, training=None):
+        return call_with_weights(unwrap(self), inputs, self.effective_weights(training))
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
