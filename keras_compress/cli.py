@@ -121,7 +121,12 @@ def build_parser():
 def main(argv=None):
     """Entry point of the `keras-compress` console script."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logger = logging.getLogger("keras_compress")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
     return args.func(args)
 
