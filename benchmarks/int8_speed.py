@@ -1,0 +1,180 @@
+"""INT8 speed and accuracy: keras_compress QAT vs FP32 vs NNCF post-training quantization.
+
+For each model (keras.applications, weights=None, 224x224), in one process:
+  - FP32 IR with INFERENCE_PRECISION_HINT=f32, and with the CPU plugin's default precision
+    (bf16 on CPUs with AVX512-BF16);
+  - keras_compress INT8 IR: `kc.compress(model, configs/int8.json, dataset=generated data)`,
+    then `kc.export`;
+  - NNCF post-training INT8 of the same FP32 IR (`nncf.quantize`, OpenVINO backend): what a
+    Keras 3 user can do today without keras_compress.
+Latency is the median of interleaved repeated runs at batch 1, with ratios against f32.
+Also: QAT train-step time over FP32 train-step time, and on the digits CNN the test accuracy
+of FP32, NNCF post-training INT8 and keras_compress QAT INT8 (after fine-tuning).
+
+Usage:
+    python benchmarks/int8_speed.py [--models ResNet50 MobileNetV2] [--quick]
+Needs the `bench` extra (nncf) and the `demo` extra (scikit-learn).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_compress as kc  # noqa: E402
+from keras_compress.benchmark import benchmark_models, compile_ir, runtime_precisions  # noqa: E402
+from keras_compress.statistics import format_table  # noqa: E402
+
+
+def nncf_ptq(fp32_xml, samples, out_xml):
+    """NNCF post-training quantization of an FP32 IR (OpenVINO backend)."""
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(fp32_xml))
+    dataset = nncf.Dataset([s[None] for s in samples])
+    quantized = nncf.quantize(model, dataset, subset_size=len(samples))
+    ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
+    return out_xml
+
+
+def precision_summary(compiled):
+    counts = runtime_precisions(compiled)
+    return ", ".join(f"{t[:4]} {p}:{n}" for (t, p), n in sorted(counts.items()))
+
+
+def train_step_ratio(model, compressed, batch, steps=6):
+    """Median train-step time of the compressed model over that of the FP32 model."""
+    x, y = batch
+    times = {}
+    for name, m in (("fp32", model), ("qat", compressed)):
+        m.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        m.train_on_batch(x, y)  # trace
+        samples = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            m.train_on_batch(x, y)
+            samples.append(time.perf_counter() - start)
+        times[name] = float(np.median(samples))
+    return times["qat"] / times["fp32"], times
+
+
+def bench_application(name, workdir, num_calib, rounds, train_batch):
+    rng = np.random.default_rng(0)
+    model = getattr(keras.applications, name)(weights=None, classifier_activation=None)
+    calib = rng.uniform(-1, 1, (num_calib, 224, 224, 3)).astype("float32")
+    config = kc.load_config(resources.files("keras_compress") / "configs" / "int8.json")
+    config.compression[0].initializer.range.num_init_samples = num_calib
+    config.compression[0].initializer.batchnorm_adaptation.num_bn_adaptation_samples = num_calib
+    start = time.perf_counter()
+    compressed, ctrl = kc.compress(model, config, dataset=calib)
+    compress_s = time.perf_counter() - start
+    fp32_xml = kc.export(model, workdir / f"{name}_fp32")
+    int8_xml = kc.export(compressed, workdir / f"{name}_kc_int8")
+    nncf_xml = nncf_ptq(fp32_xml, calib, workdir / f"{name}_nncf_int8.xml")
+    models = {
+        "FP32 (f32 hint)": compile_ir(fp32_xml, "f32"),
+        "FP32 (default)": compile_ir(fp32_xml, "default"),
+        "keras_compress INT8": compile_ir(int8_xml, "default"),
+        "NNCF PTQ INT8": compile_ir(nncf_xml, "default"),
+    }
+    results = benchmark_models(models, batch_size=1, rounds=rounds)
+    base = results["FP32 (f32 hint)"]["latency_ms"]
+    default = results["FP32 (default)"]["latency_ms"]
+    rows = [
+        [
+            name,
+            label,
+            f"{r['latency_ms']:.2f}",
+            f"{base / r['latency_ms']:.2f}x",
+            f"{default / r['latency_ms']:.2f}x",
+            precision_summary(models[label]),
+        ]
+        for label, r in results.items()
+    ]
+    ratio, times = train_step_ratio(
+        keras.applications.__dict__[name](weights=None), compressed,
+        (rng.uniform(-1, 1, (train_batch, 224, 224, 3)).astype("float32"),
+         rng.integers(0, 1000, (train_batch,))),
+    )  # fmt: skip
+    kc_vs_nncf = results["NNCF PTQ INT8"]["latency_ms"] / results["keras_compress INT8"]["latency_ms"]
+    extra = (
+        f"{name}: kc.compress {compress_s:.1f} s; keras_compress INT8 vs NNCF PTQ INT8: "
+        f"{kc_vs_nncf:.2f}x; QAT train step / FP32 train step (batch {train_batch}): "
+        f"{ratio:.2f}x ({times['qat'] * 1000:.0f} ms / {times['fp32'] * 1000:.0f} ms)"
+    )
+    return rows, extra
+
+
+def digits_accuracy(workdir, epochs):
+    """Digits CNN: FP32 vs NNCF PTQ INT8 vs keras_compress QAT INT8 (IR accuracies)."""
+    from keras_compress.demo import build_digits_cnn, evaluate_ir, load_digits_split
+
+    keras.utils.set_random_seed(0)
+    (x_train, y_train), (x_test, y_test) = load_digits_split()
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model = build_digits_cnn()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, metrics=["accuracy"])
+    model.fit(x_train, y_train, batch_size=64, epochs=30, verbose=0)
+    fp32_xml = kc.export(model, workdir / "digits_fp32")
+    nncf_xml = nncf_ptq(fp32_xml, x_train[:300], workdir / "digits_nncf_int8.xml")
+    config = resources.files("keras_compress") / "configs" / "demo.json"
+    compressed, ctrl = kc.compress(model, config, dataset=(x_train, y_train))
+    compressed.compile(optimizer=keras.optimizers.Adam(1e-4), loss=loss, metrics=["accuracy"])
+    compressed.fit(x_train, y_train, batch_size=64, epochs=epochs, verbose=0)
+    kc_xml = kc.export(compressed, workdir / "digits_kc_int8")
+    fp32 = evaluate_ir(fp32_xml, x_test, y_test, "f32")
+    rows = [
+        ["FP32 IR (f32)", f"{fp32:.4f}", ""],
+        *(
+            [label, f"{acc:.4f}", f"{100 * (acc - fp32):+.2f}"]
+            for label, acc in (
+                ("NNCF PTQ INT8 IR", evaluate_ir(nncf_xml, x_test, y_test)),
+                (f"keras_compress QAT INT8 IR ({epochs} epochs)", evaluate_ir(kc_xml, x_test, y_test)),
+            )
+        ),
+    ]
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["ResNet50", "MobileNetV2"])
+    parser.add_argument("--calib", type=int, default=64, help="calibration samples")
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--train-batch", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=4, help="QAT epochs on digits")
+    parser.add_argument("--quick", action="store_true", help="fewer samples and rounds")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.calib, args.rounds, args.train_batch = 16, 3, 4
+    workdir = Path(tempfile.mkdtemp(prefix="kc-int8-bench-"))
+    rows, notes = [], []
+    for name in args.models:
+        r, note = bench_application(name, workdir, args.calib, args.rounds, args.train_batch)
+        rows += r
+        notes.append(note)
+    print("## INT8 latency, batch 1 (median of interleaved runs)\n")
+    print(format_table(
+        ["model", "IR", "latency ms", "vs f32", "vs default", "runtime precision"], rows
+    ))  # fmt: skip
+    print()
+    for note in notes:
+        print(note)
+    print("\n## Digits CNN accuracy (load_digits test split)\n")
+    print(format_table(["IR", "accuracy", "vs FP32 (points)"], digits_accuracy(workdir, args.epochs)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

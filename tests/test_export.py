@@ -1,0 +1,237 @@
+"""Export to SavedModel / OpenVINO IR, INT8 at runtime, atomic writes, and the CLI."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from importlib import resources  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import keras_compress as kc  # noqa: E402
+from keras_compress.benchmark import compile_ir, runtime_precisions  # noqa: E402
+from keras_compress.export import exporter  # noqa: E402
+
+QAT = {
+    "compression": {
+        "algorithm": "quantization",
+        "weights": {"per_channel": True},
+        "initializer": {
+            "range": {"num_init_samples": 64},
+            "batchnorm_adaptation": {"num_bn_adaptation_samples": 64},
+        },
+    }
+}
+
+
+def assert_close_in_steps(got, expected, max_steps, mean_steps):
+    """Outputs agree within a few output quantization steps (range / 255).
+
+    The same fake-quant grids give the same values up to float summation order, which can flip
+    a rounding at a quantizer boundary and move an output by about one step.
+    """
+    step = (expected.max() - expected.min()) / 255
+    diff = np.abs(np.asarray(got) - np.asarray(expected))
+    assert diff.max() < max_steps * step, (diff.max(), step)
+    assert diff.mean() < mean_steps * step, (diff.mean(), step)
+
+
+def small_cnn():
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(16, 3, padding="same", use_bias=False)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(x)
+    y = keras.layers.DepthwiseConv2D(3, padding="same")(x)
+    y = keras.layers.BatchNormalization()(y)
+    y = keras.layers.ReLU()(y)
+    y = keras.layers.Conv2D(16, 1)(y)
+    x = keras.layers.Add()([x, y])
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Conv2D(32, 3)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(10)(x))
+
+
+@pytest.fixture(scope="module")
+def data():
+    return np.random.default_rng(0).uniform(0, 1, (64, 16, 16, 3)).astype("float32")
+
+
+@pytest.fixture(scope="module")
+def compressed(data):
+    keras.utils.set_random_seed(0)
+    model, ctrl = kc.compress(small_cnn(), QAT, dataset=data)
+    return model, ctrl
+
+
+def test_ir_matches_keras_and_runs_int8(compressed, data, tmp_path):
+    model, _ = compressed
+    xml = kc.export(model, tmp_path / "model")
+    assert xml == tmp_path / "model.xml"
+    assert xml.is_file() and xml.with_suffix(".bin").is_file()
+    compiled = compile_ir(xml, "f32")  # the default would run the float parts in bf16 here
+    expected = model.predict(data, verbose=0)
+    got = compiled(data)[0]
+    assert_close_in_steps(got, expected, max_steps=4, mean_steps=1)
+    counts = runtime_precisions(compiled)
+    assert counts[("Convolution", "u8")] + counts[("Convolution", "i8")] == 4
+    assert counts[("FullyConnected", "u8")] + counts[("FullyConnected", "i8")] == 1
+    assert not [k for k in counts if k[1] not in ("u8", "i8")]
+
+
+def test_ir_has_fakequantize_and_int8_weights(compressed, tmp_path):
+    import openvino as ov
+
+    xml = kc.export(compressed[0], tmp_path / "model.xml")
+    ov_model = ov.Core().read_model(str(xml))
+    types = [op.get_type_name() for op in ov_model.get_ops()]
+    fq = types.count("FakeQuantize")
+    # 5 activation quantizers (input, relu, Add inputs shared x2 -> 1 layer but 2 ops, pool, gap)
+    assert fq >= 5
+    int8_constants = [
+        op for op in ov_model.get_ops()
+        if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == "i8"
+    ]  # fmt: skip
+    assert len(int8_constants) == 5  # 4 conv kernels + 1 dense kernel stored as int8
+
+
+def test_fp32_export_matches_plain_model(tmp_path, data):
+    model = small_cnn()
+    xml = kc.export(model, tmp_path / "fp32")
+    got = compile_ir(xml, "f32")(data)[0]
+    np.testing.assert_allclose(got, model.predict(data, verbose=0), rtol=1e-4, atol=1e-4)
+
+
+def test_saved_model_export(compressed, tmp_path, data):
+    import tensorflow as tf
+
+    path = kc.export(compressed[0], tmp_path / "sm", format="saved_model")
+    assert (path / "saved_model.pb").is_file()
+    loaded = tf.saved_model.load(str(path))
+    got = loaded.serve(tf.constant(data)).numpy()
+    assert_close_in_steps(got, compressed[0].predict(data, verbose=0), max_steps=2, mean_steps=0.1)
+
+
+def test_export_leaves_user_model_untouched(tmp_path):
+    config = json.loads(json.dumps(QAT))
+    config["compression"]["overflow_fix"] = "enable"
+    model, _ = kc.compress(small_cnn(), config)
+    before = [w.copy() for w in model.get_weights()]
+    specs = [
+        q.spec.half_range
+        for layer in model.layers
+        if isinstance(layer, kc.QuantizeWrapper)
+        for q in layer.quantizers.values()
+    ]
+    assert all(specs)
+    kc.export(model, tmp_path / "m")
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert all(
+        q.spec.half_range
+        for layer in model.layers
+        if isinstance(layer, kc.QuantizeWrapper)
+        for q in layer.quantizers.values()
+    )
+
+
+def test_overflow_fix_export_keeps_outputs(tmp_path, data):
+    config = json.loads(json.dumps(QAT))
+    config["compression"]["overflow_fix"] = "enable"
+    model, ctrl = kc.compress(small_cnn(), config, dataset=data)
+    stripped = ctrl.strip()
+    expected = model.predict(data, verbose=0)
+    got = stripped.predict(data, verbose=0)
+    # Same weight values on a wider grid: only float noise.
+    assert_close_in_steps(got, expected, max_steps=2, mean_steps=0.5)
+    counts = runtime_precisions(compile_ir(kc.export(model, tmp_path / "m")))
+    assert set(p for _, p in counts) <= {"u8", "i8"}
+
+
+def test_failed_export_leaves_nothing(compressed, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("simulated conversion failure")
+
+    monkeypatch.setattr(exporter, "convert_saved_model", fail)
+    with pytest.raises(RuntimeError, match="simulated"):
+        kc.export(compressed[0], tmp_path / "out" / "model")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_failed_export_keeps_previous_ir(compressed, tmp_path, monkeypatch):
+    xml = kc.export(compressed[0], tmp_path / "model")
+    before = xml.read_bytes()
+
+    def fail(model, directory):
+        (directory / "partial").mkdir(parents=True)
+        raise RuntimeError("trace failed")
+
+    monkeypatch.setattr(exporter, "_save_saved_model", fail)
+    with pytest.raises(RuntimeError, match="trace failed"):
+        kc.export(compressed[0], tmp_path / "model")
+    assert xml.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin", "model.xml"]
+
+
+def test_export_rejects_bad_arguments(compressed, tmp_path):
+    with pytest.raises(ValueError, match="format"):
+        kc.export(compressed[0], tmp_path / "m", format="onnx")
+    with pytest.raises(TypeError, match="keras.Model"):
+        kc.export("not a model", tmp_path / "m")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OSError):
+        kc.export(compressed[0], blocker / "sub" / "m")
+
+
+def run_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "keras_compress.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+
+
+def test_cli_validate_and_schema(tmp_path):
+    good = resources.files("keras_compress") / "configs" / "int8.json"
+    result = run_cli("validate", str(good))
+    assert result.returncode == 0, result.stderr
+    assert "quantization" in result.stdout and "per-channel" in result.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"compression": {"algorithm": "quantization", "weights": {"bitz": 8}}}))
+    result = run_cli("validate", str(bad))
+    assert result.returncode != 0
+    assert "compression.weights" in result.stderr and "bits" in result.stderr
+    result = run_cli("schema")
+    assert result.returncode == 0
+    assert "compression" in json.loads(result.stdout)["properties"]
+
+
+def test_cli_convert_and_benchmark(compressed, tmp_path):
+    sm = kc.export(compressed[0], tmp_path / "sm", format="saved_model")
+    result = run_cli("convert", str(sm), "-o", str(tmp_path / "conv.xml"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "conv.xml").is_file() and (tmp_path / "conv.bin").is_file()
+    fp32 = kc.export(small_cnn(), tmp_path / "fp32")
+    result = run_cli(
+        "benchmark", str(tmp_path / "conv.xml"), "--vs", str(fp32), "--rounds", "2", "--precision", "f32"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "speedup" in result.stdout and "Convolution:u8" in result.stdout
+
+
+def test_cli_errors_on_bad_input(tmp_path):
+    result = run_cli("convert", str(tmp_path / "missing"), "-o", str(tmp_path / "x.xml"))
+    assert result.returncode != 0 and "SavedModel" in result.stderr
+    assert not (tmp_path / "x.xml").exists()
+    result = run_cli("benchmark", str(tmp_path / "missing.xml"))
+    assert result.returncode != 0 and "no IR file" in result.stderr
+    result = run_cli("validate", str(tmp_path / "missing.json"))
+    assert result.returncode != 0
