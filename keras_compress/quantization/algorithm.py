@@ -10,7 +10,11 @@ import numpy as np
 from keras_compress.compressible import compressible_spec, unsupported_reason
 from keras_compress.graph import iter_layers
 from keras_compress.quantization.fake_quantize import FakeQuantize
-from keras_compress.quantization.placement import AGNOSTIC_LAYERS, plan_activation_quantizers
+from keras_compress.quantization.placement import (
+    AGNOSTIC_LAYERS,
+    UNIFIED_MERGE_LAYERS,
+    plan_activation_quantizers,
+)
 from keras_compress.quantization.quantize_wrapper import QuantizeWrapper
 from keras_compress.quantization.quantizers import QuantizerSpec
 from keras_compress.quantization.range_init import RangeCollector
@@ -110,12 +114,19 @@ class QuantizationAlgorithm:
         def is_ignored(name):
             return not self._in_scope([name, f"{path}{name}"], act)
 
+        unified_scopes = [scope for group in act.unified_scale_ops or [] for scope in group]
+
+        def is_unified(layer):
+            names = [layer.name, f"{path}{layer.name}"]
+            return isinstance(layer, UNIFIED_MERGE_LAYERS) or matches_scope(names, unified_scopes)
+
         return plan_activation_quantizers(
             graph,
             weight_quantized,
             quantize_inputs=self.config.quantize_inputs,
             quantize_outputs=self.config.quantize_outputs,
             is_ignored=is_ignored,
+            is_unified=is_unified,
         )
 
     def make_layer(self, key, plan):

@@ -153,9 +153,28 @@ class Quantizer:
         return asymmetric_range(v["input_low"], v["input_range"])
 
     def __call__(self, x):
+        spec = self.spec
+        if spec.per_channel and spec.mode == "symmetric":
+            return self._per_channel_symmetric(x)
         low, high = self.range()
-        axis = self.spec.axis if self.spec.per_channel else None
-        return fake_quantize(x, low, high, self.spec.train_bits, self.spec.narrow_range, axis)
+        axis = spec.axis if spec.per_channel else None
+        return fake_quantize(x, low, high, spec.train_bits, spec.narrow_range, axis)
+
+    def _per_channel_symmetric(self, x):
+        """Per-channel symmetric fake quantization as `s * fq(x / s)` with a per-tensor op.
+
+        The same grid as the per-channel op (k * s / levels per channel), but TensorFlow's
+        per-channel fake-quant kernel is about 15x slower than the per-tensor one on CPU, which
+        made QAT train steps 2x slower than FP32 on ResNet50. The scale gradient is LSQ-like
+        (quantization error inside the range, +-1 outside). In the exported graph `x / s` folds
+        into a constant, so OpenVINO still sees FakeQuantize on a Constant and stores int8.
+        """
+        spec = self.spec
+        low, high = symmetric_range(1.0, self.variables["signed"], spec.train_bits, spec.narrow_range)
+        shape = [1] * len(x.shape)
+        shape[spec.axis] = -1
+        scale = ops.reshape(ops.abs(self.variables["scale"]) + _EPS, shape)
+        return fake_quantize(x / scale, low, high, spec.train_bits, spec.narrow_range) * scale
 
     @property
     def is_signed(self):
