@@ -77,7 +77,7 @@ def test_ir_matches_keras_and_runs_int8(compressed, data, tmp_path):
     compiled = compile_ir(xml, "f32")  # the default would run the float parts in bf16 here
     expected = model.predict(data, verbose=0)
     got = compiled(data)[0]
-    assert_close_in_steps(got, expected, max_steps=4, mean_steps=1)
+    assert_close_in_steps(got, expected, max_steps=8, mean_steps=1)
     counts = runtime_precisions(compiled)
     assert counts[("Convolution", "u8")] + counts[("Convolution", "i8")] == 4
     assert counts[("FullyConnected", "u8")] + counts[("FullyConnected", "i8")] == 1

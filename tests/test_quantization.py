@@ -374,11 +374,6 @@ def test_full_width_weights_would_use_more_than_127_values():
     assert min(len(np.unique(kernel[:, c])) for c in range(kernel.shape[1])) > 2**7 - 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Quantizer.apply_overflow_fix only rescales symmetric quantizers; an asymmetric "
-    "half-range quantizer keeps its range, so the 8-bit grid differs from the 7-bit one",
-)
 def test_overflow_fix_keeps_outputs_of_asymmetric_weights():
     wrapper, x = _half_range_dense("asymmetric")
     before = np.asarray(wrapper(x))
@@ -458,11 +453,6 @@ def test_range_collector_without_finite_values_gives_zero_range(range_type):
     assert collector.result() == (0.0, 0.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: RangeCollector.update reshapes with x.reshape(x.shape[0], -1) before its x.size == 0 "
-    "check, which raises ValueError for an empty batch of shape (0, k)",
-)
 def test_range_collector_skips_an_empty_batch():
     collector = RangeCollector("min_max")
     collector.update(np.zeros((0, 4), "float32"))
@@ -498,11 +488,6 @@ def test_iterate_batches_on_an_x_y_tuple_and_a_bare_array():
         np.testing.assert_array_equal(np.concatenate(batches), x)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: iterate_batches slices np.ndarray inputs but iterates a bare tf.Tensor row by row, "
-    "yielding unbatched samples (kc.compress(model, cfg, dataset=tf.constant(x)) then fails)",
-)
 def test_iterate_batches_on_a_bare_tensor():
     x = data((70, 3))
     batches = list(iterate_batches(tf.constant(x), batch_size=32))
@@ -604,11 +589,6 @@ def test_quantize_wrapper_round_trips_through_its_config():
         np.testing.assert_array_equal(np.asarray(other(x)), np.asarray(wrapper(x)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: QuantizeWrapper inherits keras.layers.Wrapper.from_config, which pops 'layer' from "
-    "the caller's dict (STYLE.md: from_config starts with config = config.copy())",
-)
 def test_quantize_wrapper_from_config_leaves_its_argument_alone():
     wrapper, _ = _quantize_wrapper()
     config = wrapper.get_config()

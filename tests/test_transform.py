@@ -171,7 +171,7 @@ SMALL_MODELS = {
     "two_in_two_out": two_in_two_out_model,
 }
 SMALL = pytest.mark.parametrize("build", list(SMALL_MODELS.values()), ids=list(SMALL_MODELS))
-# Models that compression cannot quantize yet (see SHARED_LAYER_BUG) are still cloned exactly.
+# Models with shared layers are cloned exactly.
 CLONE_MODELS = {**SMALL_MODELS, "shared_layer_add": shared_layer_add_model, "siamese": shared_layer_two_heads_model}
 CLONE = pytest.mark.parametrize("build", list(CLONE_MODELS.values()), ids=list(CLONE_MODELS))
 APPLICATIONS = pytest.mark.parametrize(
@@ -381,15 +381,8 @@ def test_shared_layer_stays_shared_in_the_clone():
     assert_same_outputs(off(x), model(x))
 
 
-SHARED_LAYER_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="bug: placement._tensor_name names the quantizer of every call of a shared layer "
-    "'<layer>_quantizer', so two calls whose outputs need quantizers give duplicate layer names",
-)
 
 
-@SHARED_LAYER_BUG
 @pytest.mark.parametrize("build", [shared_layer_add_model, shared_layer_two_heads_model], ids=["add", "two_heads"])
 def test_shared_layer_whose_two_outputs_need_quantizers_compresses(build):
     model = build()
@@ -636,11 +629,6 @@ def test_custom_layers_are_left_as_they_are_and_listed_as_skipped():
     assert_same_outputs(off(x), model(x), atol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: QuantizationAlgorithm.plan calls selects_weights on the nested-model call, which "
-    "records the (compressed) nested model as skipped: 'layer type Functional is not supported'",
-)
 def test_a_nested_model_is_not_listed_as_skipped():
     compressed, ctrl = kc.compress(nested_model(), quantization_config())
     assert isinstance(compressed.get_layer("backbone").get_layer("bconv"), kc.QuantizeWrapper)

@@ -63,8 +63,8 @@ class QuantizationAlgorithm:
 
     def selects_weights(self, layer, path=""):
         """Whether `layer`'s weights get quantized; records the reason when they do not."""
-        if not layer.weights:
-            return False
+        if not layer.weights or isinstance(layer, keras.Model):
+            return False  # nested models are transformed layer by layer
         names = self._names(layer, path)
         spec = compressible_spec(layer)
         reason = unsupported_reason(layer)

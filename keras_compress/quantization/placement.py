@@ -130,9 +130,18 @@ def plan_activation_quantizers(
             needs.setdefault(source, set()).add((producer.index, 0))
             del needs[ref]
 
+    taken = {call.name for call in graph.calls} | set(graph.input_names) | set(names.values())
+
+    def unique(name):
+        candidate, i = name, 1
+        while candidate in taken:
+            candidate, i = f"{name}_{i}", i + 1
+        taken.add(candidate)
+        return candidate
+
     for ref, consumer_edges in needs.items():
         key = ("tensor", ref)
-        names[key] = _tensor_name(graph, ref) + "_quantizer"
+        names[key] = unique(_tensor_name(graph, ref) + "_quantizer")
         for edge in consumer_edges:
             edges[edge] = key
 
@@ -142,7 +151,7 @@ def plan_activation_quantizers(
             if _is_float(graph.dtypes.get(ref)):
                 key = ("output", pos)
                 outputs[pos] = key
-                names[key] = _tensor_name(graph, ref) + "_output_quantizer"
+                names[key] = unique(_tensor_name(graph, ref) + "_output_quantizer")
     return ActivationPlan(edges, names, outputs)
 
 

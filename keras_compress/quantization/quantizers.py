@@ -218,4 +218,9 @@ class Quantizer:
         if self.spec.mode == "symmetric":
             factor = (2 ** (b - 1) - 1) / (2 ** (b - 2) - 1)
             self.variables["scale"].assign(self.variables["scale"] * factor)
+        else:  # same low and step: the range grows with the number of levels
+            levels_half = 2 ** (b - 1) - (1 if self.spec.narrow_range else 0)
+            levels_full = 2**b - (1 if self.spec.narrow_range else 0)
+            factor = (levels_full - 1) / (levels_half - 1)
+            self.variables["input_range"].assign(self.variables["input_range"] * factor)
         self.spec = dataclasses.replace(self.spec, half_range=False)

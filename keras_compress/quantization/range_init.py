@@ -65,6 +65,8 @@ class RangeCollector:
     def update(self, x):
         """Adds a batch (first axis = samples) of one tensor's values."""
         x = np.asarray(x, dtype="float32")
+        if x.size == 0:
+            return
         x = x.reshape(x.shape[0], -1) if x.ndim > 1 else x.reshape(1, -1)
         x = np.where(np.isfinite(x), x, np.nan)
         if x.size == 0:
@@ -150,7 +152,7 @@ def iterate_batches(dataset, batch_size=32):
         return
     leaves = keras.tree.flatten(dataset) if isinstance(dataset, (tuple, list, dict)) else []
     arrays = bool(leaves) and all(isinstance(a, (np.ndarray, tf.Tensor)) for a in leaves)
-    if isinstance(dataset, np.ndarray) or arrays:
+    if isinstance(dataset, (np.ndarray, tf.Tensor)) or arrays:
         x = to_numpy(_first(dataset) if isinstance(dataset, tuple) else dataset)
         n = _num_samples(x)
         for start in range(0, n, batch_size):
