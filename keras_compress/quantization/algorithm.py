@@ -17,7 +17,7 @@ from keras_compress.quantization.placement import (
 )
 from keras_compress.quantization.quantize_wrapper import QuantizeWrapper
 from keras_compress.quantization.quantizers import QuantizerSpec
-from keras_compress.quantization.range_init import RangeCollector
+from keras_compress.quantization.range_init import RangeCollector, run_batches
 from keras_compress.transform import matches_scope
 
 __all__ = ["QuantizationAlgorithm"]
@@ -168,15 +168,8 @@ class QuantizationAlgorithm:
             collectors[layer.name] = collector
             layer.observer = lambda x, c=collector: c.update(keras.ops.convert_to_numpy(x))
             layer.enabled = False
-        progress = keras.utils.Progbar(num_samples, verbose=verbose, unit_name="sample")
-        seen = 0
         try:
-            for x in batches:
-                model(x, training=False)
-                seen += int(keras.tree.flatten(x)[0].shape[0])
-                progress.update(min(seen, num_samples))
-                if seen >= num_samples:
-                    break
+            seen = run_batches(model, batches, num_samples, verbose=verbose)
         finally:
             for layer in layers:
                 layer.observer = None

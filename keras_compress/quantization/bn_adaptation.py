@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 from keras_compress.graph import iter_layers
+from keras_compress.quantization.range_init import run_batches
 
 __all__ = ["adapt_batchnorm", "batchnorm_layers"]
 
@@ -36,19 +37,15 @@ def adapt_batchnorm(model, batches, num_samples, verbose=1):
     if not layers or num_samples <= 0:
         return 0
     saved = [(layer.momentum, layer.trainable) for layer in layers]
-    progress = keras.utils.Progbar(num_samples, verbose=verbose, unit_name="sample")
-    seen = 0
+
+    def running_average(step):
+        for layer in layers:
+            layer.momentum = step / (step + 1.0)
+
     try:
         for layer in layers:
             layer.trainable = True
-        for step, x in enumerate(batches):
-            for layer in layers:
-                layer.momentum = step / (step + 1.0)
-            model(x, training=True)
-            seen += int(keras.tree.flatten(x)[0].shape[0])
-            progress.update(min(seen, num_samples))
-            if seen >= num_samples:
-                break
+        seen = run_batches(model, batches, num_samples, True, running_average, verbose)
     finally:
         for layer, (momentum, trainable) in zip(layers, saved):
             layer.momentum = momentum

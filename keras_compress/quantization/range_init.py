@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["RANGE_TYPES", "RangeCollector", "iterate_batches"]
+__all__ = ["RANGE_TYPES", "RangeCollector", "iterate_batches", "run_batches"]
 
 RANGE_TYPES = (
     "min_max",
@@ -171,3 +171,32 @@ def iterate_batches(dataset, batch_size=32):
         ) from None
     for element in iterator:
         yield to_numpy(_first(element))
+
+
+def run_batches(model, batches, num_samples, training=False, before_step=None, verbose=1):
+    """Runs `model` eagerly on batches until `num_samples` samples, with a Keras progress bar.
+
+    Args:
+        model: the Keras model.
+        batches: iterable of input batches (see `iterate_batches`).
+        num_samples: stop once this many samples went through.
+        training: the `training` argument of the calls.
+        before_step: optional `fn(step)` called before each batch.
+        verbose: show the progress bar.
+
+    Returns:
+        The number of samples used.
+    """
+    import keras
+
+    progress = keras.utils.Progbar(num_samples, verbose=verbose, unit_name="sample")
+    seen = 0
+    for step, x in enumerate(batches):
+        if before_step is not None:
+            before_step(step)
+        model(x, training=training)
+        seen += int(keras.tree.flatten(x)[0].shape[0])
+        progress.update(min(seen, num_samples))
+        if seen >= num_samples:
+            break
+    return seen
