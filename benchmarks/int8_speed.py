@@ -58,7 +58,7 @@ def train_step_ratio(model, compressed, batch, steps=6):
     x, y = batch
     times = {}
     for name, m in (("fp32", model), ("qat", compressed)):
-        m.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        m.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         m.train_on_batch(x, y)  # trace
         samples = []
         for _ in range(steps):
@@ -103,7 +103,7 @@ def bench_application(name, workdir, num_calib, rounds, train_batch):
         for label, r in results.items()
     ]
     ratio, times = train_step_ratio(
-        keras.applications.__dict__[name](weights=None), compressed,
+        model, compressed,
         (rng.uniform(-1, 1, (train_batch, 224, 224, 3)).astype("float32"),
          rng.integers(0, 1000, (train_batch,))),
     )  # fmt: skip
