@@ -112,5 +112,15 @@ class CompressionController:
         get NNCF's overflow fix. The trained model is left as it is.
         """
         from keras_compress.export.strip import strip_model
+        from keras_compress.graph import iter_layers
+        from keras_compress.quantization.fake_quantize import FakeQuantize
+        from keras_compress.wrapper import WeightsWrapper
 
-        return strip_model(model or self.model)
+        model = model or self.model
+        compressed = any(isinstance(l, (WeightsWrapper, FakeQuantize)) for l in iter_layers(model))
+        if self.algorithms and not compressed:
+            raise ValueError(
+                f"`model` {model.name!r} has no keras_compress layers: pass the model returned "
+                "by `kc.compress` (or a copy of it), not the original model."
+            )
+        return strip_model(model)

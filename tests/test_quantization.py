@@ -770,3 +770,32 @@ def test_bn_adaptation_with_zero_samples_keeps_the_statistics():
     bn = compressed.get_layer("bn1")
     np.testing.assert_array_equal(np.asarray(bn.moving_mean), np.asarray(original.moving_mean))
     np.testing.assert_array_equal(np.asarray(bn.moving_variance), np.asarray(original.moving_variance))
+
+
+def test_scope_overrides_set_bits_per_scope():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="first")(inputs)
+    x = keras.layers.ReLU(name="act")(x)
+    x = keras.layers.Conv2D(4, 3, name="second")(x)
+    model = keras.Model(inputs, x)
+    config = {
+        "compression": {
+            "algorithm": "quantization",
+            "overflow_fix": "disable",
+            "scope_overrides": {
+                "weights": {"{re}sec.*": {"bits": 4, "per_channel": True}},
+                "activations": {"act": {"bits": 6}},
+            },
+        }
+    }
+    compressed, ctrl = kc.compress(model, config)
+    wrappers = {l.name: l for l in compressed.layers if isinstance(l, kc.QuantizeWrapper)}
+    assert wrappers["second"].quantizers["kernel"].spec.bits == 4
+    assert wrappers["second"].quantizers["kernel"].spec.per_channel
+    assert wrappers["first"].quantizers["kernel"].spec.bits == 8
+    assert not wrappers["first"].quantizers["kernel"].spec.per_channel
+    fqs = {l.name: l.spec.bits for l in compressed.layers if isinstance(l, kc.FakeQuantize)}
+    assert fqs["act_quantizer"] == 6
+    assert [b for n, b in fqs.items() if n != "act_quantizer"] == [8]
+    with pytest.raises(ValueError, match="no keras_compress layers"):
+        ctrl.strip(model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 import logging
 
 import keras
@@ -78,8 +79,20 @@ class QuantizationAlgorithm:
             return False
         return True
 
-    def _weight_spec(self, layer, attr):
-        cfg = self.config.weights
+    def _settings(self, group, names):
+        """The group's quantizer settings with the first matching `scope_overrides` entry applied."""
+        cfg = getattr(self.config, group)
+        settings = {k: getattr(cfg, k) for k in ("mode", "bits", "signed", "per_channel")}
+        for scope, override in self.config.scope_overrides.get(group, {}).items():
+            if matches_scope(names, [scope]):
+                settings.update(
+                    {k: v for k, v in override.model_dump(include=set(settings)).items() if v is not None}
+                )
+                break
+        return types.SimpleNamespace(**settings)
+
+    def _weight_spec(self, layer, attr, path=""):
+        cfg = self._settings("weights", self._names(layer, path))
         spec = compressible_spec(layer)
         half = (
             self.config.overflow_fix == "enable"
@@ -100,7 +113,9 @@ class QuantizationAlgorithm:
         """Wraps `layer` (the fresh copy of `original`) in a `QuantizeWrapper` when selected."""
         if not self.selects_weights(original, path):
             return layer
-        specs = {attr: self._weight_spec(original, attr) for attr in compressible_spec(original).weights}
+        specs = {
+            attr: self._weight_spec(original, attr, path) for attr in compressible_spec(original).weights
+        }
         return QuantizeWrapper(layer, specs)
 
     def plan(self, graph, path):
@@ -131,8 +146,9 @@ class QuantizationAlgorithm:
 
     def make_layer(self, key, plan):
         """The `FakeQuantize` layer for an activation quantizer key of `plan`."""
-        act = self.config.activations
-        return FakeQuantize(mode=act.mode, bits=act.bits, signed=act.signed, name=plan.names[key])
+        name = plan.names[key]
+        act = self._settings("activations", [name, name.rsplit("_quantizer", 1)[0]])
+        return FakeQuantize(mode=act.mode, bits=act.bits, signed=act.signed, name=name)
 
     # ----------------------------------------------------------------- initialization
     def activation_quantizers(self, model):
