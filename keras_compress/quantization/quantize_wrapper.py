@@ -49,9 +49,7 @@ class QuantizeWrapper(WeightsWrapper):
     def build_wrapper(self, input_shape):
         base = unwrap(self)
         for attr, quantizer in self.quantizers.items():
-            shape = getattr(base, attr).shape
-            channels = shape[quantizer.spec.axis] if quantizer.spec.per_channel else None
-            quantizer.build(self, name=attr, channels=channels)
+            quantizer.build(self, name=attr, weight_shape=getattr(base, attr).shape)
         self.initialize_ranges_from_weights()
 
     def initialize_ranges_from_weights(self):

@@ -129,9 +129,18 @@ class Quantizer:
         self.spec = spec
         self.variables = {}
 
-    def build(self, layer, name, channels=None):
-        """Creates the range variables on `layer` (shape `[channels]` when per-channel)."""
-        shape = (int(channels),) if self.spec.per_channel else ()
+    def build(self, layer, name, weight_shape=None):
+        """Creates the range variables on `layer`.
+
+        Per-channel ranges have the weight's rank with the channels on `spec.axis` (for example
+        `(1, 1, 1, C)` for a Conv2D kernel): they broadcast against the weight with no reshape
+        op, so the exported graph holds plain constants that OpenVINO folds.
+        """
+        shape = ()
+        if self.spec.per_channel:
+            shape = [1] * len(weight_shape)
+            shape[self.spec.axis] = int(weight_shape[self.spec.axis])
+            shape = tuple(shape)
         add = lambda n, value, trainable=True: layer.add_weight(  # noqa: E731
             name=f"{name}_{n}",
             shape=shape if n != "signed" else (),
@@ -157,8 +166,10 @@ class Quantizer:
         if spec.per_channel and spec.mode == "symmetric":
             return self._per_channel_symmetric(x)
         low, high = self.range()
-        axis = spec.axis if spec.per_channel else None
-        return fake_quantize(x, low, high, spec.train_bits, spec.narrow_range, axis)
+        if not spec.per_channel:
+            return fake_quantize(x, low, high, spec.train_bits, spec.narrow_range)
+        low, high = ops.reshape(low, (-1,)), ops.reshape(high, (-1,))
+        return fake_quantize(x, low, high, spec.train_bits, spec.narrow_range, spec.axis)
 
     def _per_channel_symmetric(self, x):
         """Per-channel symmetric fake quantization as `s * fq(x / s)` with a per-tensor op.
@@ -171,9 +182,7 @@ class Quantizer:
         """
         spec = self.spec
         low, high = symmetric_range(1.0, self.variables["signed"], spec.train_bits, spec.narrow_range)
-        shape = [1] * len(x.shape)
-        shape[spec.axis] = -1
-        scale = ops.reshape(ops.abs(self.variables["scale"]) + _EPS, shape)
+        scale = ops.abs(self.variables["scale"]) + _EPS
         return fake_quantize(x / scale, low, high, spec.train_bits, spec.narrow_range) * scale
 
     @property
@@ -196,14 +205,21 @@ class Quantizer:
             signed = bool(np.any(low < 0)) if self.spec.signed is None else self.spec.signed
             scale = np.maximum(np.abs(low), high) if signed else high
             scale = np.maximum(scale, 1e-4)
-            self.variables["scale"].assign(np.broadcast_to(scale, self.variables["scale"].shape))
+            self._assign("scale", scale)
             self.variables["signed"].assign(1.0 if signed else 0.0)
         else:
             rng = np.maximum(high - low, 1e-4)
-            self.variables["input_low"].assign(np.broadcast_to(low, self.variables["input_low"].shape))
-            self.variables["input_range"].assign(
-                np.broadcast_to(rng, self.variables["input_range"].shape)
-            )
+            self._assign("input_low", low)
+            self._assign("input_range", rng)
+
+    def _assign(self, name, values):
+        """Assigns per-channel values given as `[C]` (or a scalar) to a range variable."""
+        var = self.variables[name]
+        values = np.asarray(values, "float32")
+        if values.size == int(np.prod(var.shape)):
+            var.assign(values.reshape(var.shape))
+        else:
+            var.assign(np.broadcast_to(values, var.shape))
 
     def apply_overflow_fix(self):
         """Turns a half-range quantizer into a full-width one with the same grid.
