@@ -4,7 +4,32 @@ from __future__ import annotations
 
 import keras
 
-__all__ = ["CompressionStatisticsCallback"]
+__all__ = ["CompressionScheduleCallback", "CompressionStatisticsCallback"]
+
+
+class CompressionScheduleCallback(keras.callbacks.Callback):
+    """Drives the compression schedules from `model.fit`.
+
+    Per-epoch schedules advance in `on_epoch_begin`; per-step schedules in
+    `on_train_batch_begin` with the optimizer's global step (`optimizer.iterations`), so a
+    resumed fit continues the schedule where it stopped.
+
+    Args:
+        controller: the `CompressionController`.
+    """
+
+    def __init__(self, controller):
+        super().__init__()
+        self.controller = controller
+
+    def on_train_begin(self, logs=None):
+        self.controller.on_train_begin()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.controller.on_epoch_begin(epoch)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.controller.on_train_batch_begin(int(self.model.optimizer.iterations))
 
 
 class CompressionStatisticsCallback(keras.callbacks.Callback):

@@ -12,20 +12,47 @@ __all__ = ["CompressionController", "build_algorithms"]
 logger = logging.getLogger("keras_compress")
 
 
-def build_algorithms(config):
-    """The algorithm objects for the config's `compression` sections, in config order."""
+def _algorithm_classes():
     from keras_compress.quantization.algorithm import QuantizationAlgorithm
 
+    classes = {"quantization": QuantizationAlgorithm}
+    try:
+        from keras_compress.pruning.algorithm import FilterPruningAlgorithm
+
+        classes["filter_pruning"] = FilterPruningAlgorithm
+    except ImportError:
+        pass
+    try:
+        from keras_compress.sparsity.algorithm import SPARSITY_ALGORITHMS
+
+        classes.update(SPARSITY_ALGORITHMS)
+    except ImportError:
+        pass
+    return classes
+
+
+def build_algorithms(config):
+    """The algorithm objects for the config's `compression` sections.
+
+    Weight-masking algorithms (pruning, sparsity) come first and quantization last, whatever
+    the config order, so quantizers see the masked weights (wrappers nest in that order).
+
+    An algorithm object has `name`, `wrap(original, layer, path)`, `statistics(model)` and may
+    have `plan`/`make_layer` (inserted layers), `on_train_begin(model)`,
+    `on_epoch_begin(model, epoch)`, `on_train_batch_begin(model, step)` (schedules),
+    `strip(model) -> model` (model-level export transform), `get_state()`/`set_state(state)`.
+    """
+    classes = _algorithm_classes()
     algorithms = []
     for section in config.compression:
-        if section.algorithm == "quantization":
-            algorithms.append(QuantizationAlgorithm(section, config.target_device))
-        else:
+        cls = classes.get(section.algorithm)
+        if cls is None:
             raise ValueError(
                 f"The {section.algorithm!r} algorithm is not available in this version of "
-                "keras_compress. Available: ['quantization']"
+                f"keras_compress. Available: {sorted(classes)}"
             )
-    return algorithms
+        algorithms.append(cls(section, config.target_device))
+    return sorted(algorithms, key=lambda a: a.name == "quantization")
 
 
 class CompressionController:
@@ -43,6 +70,24 @@ class CompressionController:
         self.config = config
         self.algorithms = algorithms
         self.pairs = list(pairs)
+
+    def _hook(self, hook, *args):
+        for algorithm in self.algorithms:
+            method = getattr(algorithm, hook, None)
+            if method is not None:
+                method(self.model, *args)
+
+    def on_train_begin(self):
+        """Called by the schedule callback when `fit` starts."""
+        self._hook("on_train_begin")
+
+    def on_epoch_begin(self, epoch):
+        """Advances per-epoch schedules to `epoch` (0-based)."""
+        self._hook("on_epoch_begin", epoch)
+
+    def on_train_batch_begin(self, step):
+        """Advances per-step schedules to the global optimizer step `step`."""
+        self._hook("on_train_batch_begin", step)
 
     def algorithm(self, name):
         """The algorithm object called `name` ("quantization", ...), or None."""
@@ -96,9 +141,9 @@ class CompressionController:
         Args:
             log_dir: when given, also write the figures as TensorBoard scalars there.
         """
-        from keras_compress.callbacks import CompressionStatisticsCallback
+        from keras_compress.callbacks import CompressionScheduleCallback, CompressionStatisticsCallback
 
-        return [CompressionStatisticsCallback(self, log_dir=log_dir)]
+        return [CompressionScheduleCallback(self), CompressionStatisticsCallback(self, log_dir=log_dir)]
 
     def statistics(self, model=None):
         """Per-algorithm statistics of `model` (default: the compressed model)."""
@@ -109,7 +154,8 @@ class CompressionController:
         """A plain inference copy of `model` (default: the compressed model), ready to export.
 
         Quantizers stay (they become OpenVINO FakeQuantize ops), half-range weight quantizers
-        get NNCF's overflow fix. The trained model is left as it is.
+        get NNCF's overflow fix, sparsity masks are folded into the weights and pruned filters
+        are removed. The trained model is left as it is.
         """
         from keras_compress.export.strip import strip_model
         from keras_compress.graph import iter_layers
@@ -123,4 +169,4 @@ class CompressionController:
                 f"`model` {model.name!r} has no keras_compress layers: pass the model returned "
                 "by `kc.compress` (or a copy of it), not the original model."
             )
-        return strip_model(model)
+        return strip_model(model, self.algorithms)

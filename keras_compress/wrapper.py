@@ -41,6 +41,7 @@ class WeightsWrapper(keras.layers.Wrapper):
             )
 
     def build(self, input_shape=None):
+        self.input_shape_at_build = input_shape
         if not self.layer.built:
             self.layer.build(input_shape)
         self.build_wrapper(input_shape)
@@ -52,6 +53,34 @@ class WeightsWrapper(keras.layers.Wrapper):
     def transform_weights(self, weights, training=None):
         """Returns the transformed weights (a new dict; never modifies variables)."""
         return weights
+
+    def strip(self):
+        """The layer that replaces this wrapper in an inference model.
+
+        Called on a copy of the trained model by `strip_model`; it may change variables. The
+        default strips the wrapped layer (when it is a wrapper itself) and keeps this wrapper
+        around the result.
+        """
+        if isinstance(self.layer, WeightsWrapper):
+            inner = self.layer.strip()
+            if inner is not self.layer:
+                return self.rewrap(inner)
+        return self
+
+    def own_variables(self):
+        """The wrapper's variables, without those of the wrapped layer."""
+        inner = {id(v) for v in self.layer.weights}
+        return [v for v in self.weights if id(v) not in inner]
+
+    def rewrap(self, layer):
+        """A new wrapper of this kind and config around `layer`, with this wrapper's variables."""
+        config = self.get_config()
+        config.pop("layer")
+        new = type(self)(layer, **config)
+        new.build(self.input_shape_at_build)
+        for target, source in zip(new.own_variables(), self.own_variables()):
+            target.assign(source)
+        return new
 
     def _chain(self):
         chain, layer = [], self

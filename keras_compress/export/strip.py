@@ -4,28 +4,35 @@ from __future__ import annotations
 
 import keras
 
-from keras_compress.graph import iter_layers
-from keras_compress.quantization.quantize_wrapper import QuantizeWrapper
+from keras_compress.wrapper import WeightsWrapper
 
 __all__ = ["strip_model"]
 
 
-def strip_model(model):
+def strip_model(model, algorithms=()):
     """Returns an inference copy of `model` with training-only state resolved.
 
-    The copy has the same layers and weights; half-range weight quantizers get NNCF's
-    overflow fix (quantized weights baked in, full-width grid), so the exported IR holds plain
-    8-bit FakeQuantize ops. `model` itself is not changed.
+    Every `WeightsWrapper` is replaced by what its `strip()` returns (quantization wrappers
+    stay, with NNCF's overflow fix applied; sparsity wrappers fold their masks into the weights
+    and disappear); then each algorithm's model-level `strip(model)` runs (filter pruning
+    removes the pruned filters). `model` itself is not changed.
 
     Args:
         model: a model returned by `kc.compress` (or any Keras model).
+        algorithms: algorithm objects whose `strip(model)` to apply (the controller's).
 
     Returns:
         A new `keras.Model`.
     """
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
-    for layer in iter_layers(copy):
-        if isinstance(layer, QuantizeWrapper):
-            layer.apply_overflow_fix()
-    return copy
+    stripped = keras.models.clone_model(
+        copy,
+        clone_function=lambda layer: layer.strip() if isinstance(layer, WeightsWrapper) else layer,
+        recursive=True,
+    )
+    for algorithm in algorithms:
+        strip = getattr(algorithm, "strip", None)
+        if strip is not None:
+            stripped = strip(stripped)
+    return stripped

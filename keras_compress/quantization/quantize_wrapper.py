@@ -83,6 +83,12 @@ class QuantizeWrapper(WeightsWrapper):
                 var.assign(quantizer(var))
                 quantizer.apply_overflow_fix()
 
+    def strip(self):
+        """Applies the overflow fix; the wrapper stays (its fake-quant ops are the INT8 recipe)."""
+        stripped = super().strip()
+        stripped.apply_overflow_fix()
+        return stripped
+
     def get_config(self):
         config = {
             "weight_quantizers": {a: q.spec.to_config() for a, q in self.quantizers.items()}
