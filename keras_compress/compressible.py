@@ -22,12 +22,12 @@ __all__ = [
 def _bias_add(layer, outputs, bias, channels):
     if bias is None:
         return outputs
-    rank = len(outputs.shape) - 2
     if getattr(layer, "data_format", "channels_last") == "channels_first":
-        shape = (1, channels) + (1,) * rank
-    else:
-        shape = (1,) * (rank + 1) + (channels,)
-    return ops.add(outputs, ops.reshape(bias, shape))
+        rank = len(outputs.shape) - 2
+        return ops.add(outputs, ops.reshape(bias, (1, channels) + (1,) * rank))
+    # Channels last: the bias broadcasts as it is. No reshape op, so OpenVINO folds the bias
+    # into the INT8 convolution's dequantization (a Reshape here stayed in its runtime graph).
+    return ops.add(outputs, bias)
 
 
 def _activate(layer, outputs):
