@@ -23,7 +23,7 @@ class CompressionScheduleCallback(keras.callbacks.Callback):
         self.controller = controller
 
     def on_train_begin(self, logs=None):
-        self.controller.on_train_begin()
+        self.controller.on_train_begin(self.params.get("steps") if self.params else None)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.controller.on_epoch_begin(epoch)

@@ -70,6 +70,7 @@ class CompressionController:
         self.config = config
         self.algorithms = algorithms
         self.pairs = list(pairs)
+        self._hook("on_compress")
 
     def _hook(self, hook, *args):
         for algorithm in self.algorithms:
@@ -77,8 +78,11 @@ class CompressionController:
             if method is not None:
                 method(self.model, *args)
 
-    def on_train_begin(self):
-        """Called by the schedule callback when `fit` starts."""
+    def on_train_begin(self, steps_per_epoch=None):
+        """Called by the schedule callback when `fit` starts (with `fit`'s steps per epoch)."""
+        for algorithm in self.algorithms:
+            if steps_per_epoch and hasattr(algorithm, "set_steps_per_epoch"):
+                algorithm.set_steps_per_epoch(steps_per_epoch)
         self._hook("on_train_begin")
 
     def on_epoch_begin(self, epoch):

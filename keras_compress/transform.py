@@ -227,7 +227,7 @@ def compress(model, config, dataset=None):
         controller.initialize(dataset)
     elif controller.needs_data():
         logger.warning(
-            "kc.compress got no `dataset`: quantizer ranges keep their defaults and BatchNorm "
-            "adaptation is skipped. Pass calibration data for accurate initialization."
+            "kc.compress got no `dataset`: quantizer range init and BatchNorm adaptation are "
+            "skipped. Pass calibration data for accurate initialization."
         )
     return compressed, controller

@@ -1,0 +1,305 @@
+"""Magnitude, RB and movement sparsity algorithms: which layers, schedules, statistics."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_compress.compressible import compressible_spec, unsupported_reason
+from keras_compress.graph import iter_layers
+from keras_compress.schedules import AdaptiveSchedule, sparsity_schedule
+from keras_compress.sparsity.functions import magnitude_masks, sparsity_level
+from keras_compress.sparsity.wrappers import (
+    MagnitudeSparsityWrapper,
+    MovementSparsityWrapper,
+    RBSparsityWrapper,
+)
+from keras_compress.transform import matches_scope
+from keras_compress.wrapper import unwrap
+
+__all__ = [
+    "MagnitudeSparsityAlgorithm",
+    "RBSparsityAlgorithm",
+    "MovementSparsityAlgorithm",
+    "SPARSITY_ALGORITHMS",
+]
+
+
+class _SparsityAlgorithm:
+    """Shared parts: layer selection by type and scopes, schedule bookkeeping, statistics."""
+
+    name = ""
+    wrapper_class = None
+    kinds = ("conv", "depthwise", "separable", "conv_transpose", "dense", "einsum_dense", "embedding")
+
+    def __init__(self, config, target_device="ANY"):
+        self.config = config
+        self.skipped = {}
+        self.level = 0.0
+        self.epoch = 0.0
+        self.steps_per_epoch = getattr(config.params, "steps_per_epoch", None)
+
+    # ----------------------------------------------------------------- selection
+    def selects(self, layer, path=""):
+        if not layer.weights or isinstance(layer, keras.Model):
+            return False
+        names = [layer.name, f"{path}{layer.name}"]
+        spec = compressible_spec(layer)
+        reason = unsupported_reason(layer)
+        if reason is None and spec.kind not in self.kinds:
+            reason = f"{spec.kind} layers are not sparsified by {self.name}"
+        if reason is None:
+            if matches_scope(names, self.config.ignored_scopes) or (
+                self.config.target_scopes and not matches_scope(names, self.config.target_scopes)
+            ):
+                reason = "excluded by scopes"
+        if reason is not None:
+            if spec is not None or not isinstance(layer, _NOT_LISTED):
+                self.skipped[names[1]] = reason
+            return False
+        return True
+
+    def wrap(self, original, layer, path):
+        if not self.selects(original, path):
+            return layer
+        return self.make_wrapper(original, layer, path)
+
+    def make_wrapper(self, original, layer, path):
+        return self.wrapper_class(layer)
+
+    def wrappers(self, model):
+        return [layer for layer in iter_layers(model) if isinstance(layer, self.wrapper_class)]
+
+    # ----------------------------------------------------------------- schedule
+    def set_steps_per_epoch(self, steps):
+        if self.steps_per_epoch is None and steps:
+            self.steps_per_epoch = int(steps)
+
+    def on_epoch_begin(self, model, epoch):
+        self.epoch = float(epoch)
+        self.update(model)
+
+    def on_train_batch_begin(self, model, step):
+        if self.per_step and self.steps_per_epoch:
+            self.epoch = step / self.steps_per_epoch
+            self.update(model)
+
+    per_step = False
+
+    def update(self, model):
+        """Applies the schedule at `self.epoch`."""
+
+    def get_state(self):
+        return {"level": self.level, "epoch": self.epoch}
+
+    def set_state(self, state):
+        self.level, self.epoch = state["level"], state["epoch"]
+
+    # ----------------------------------------------------------------- statistics
+    def statistics(self, model):
+        rows, effective = [], []
+        for wrapper in self.wrappers(model):
+            weights = wrapper.effective_weights(training=False)
+            arrays = [ops.convert_to_numpy(weights[a]) for a in wrapper.weight_names]
+            effective += arrays
+            rows.append([wrapper.name, sum(a.size for a in arrays), sparsity_level(arrays)])
+        figures = {
+            "target_level": float(self.level),
+            "sparsity_level": sparsity_level(effective),
+            "sparsified_layers": len(rows),
+        }
+        return {
+            "figures": figures,
+            "layers": (["layer", "weights", "sparsity"], rows),
+            "skipped": dict(self.skipped),
+        }
+
+
+_NOT_LISTED = (
+    keras.layers.BatchNormalization,
+    keras.layers.LayerNormalization,
+    keras.layers.GroupNormalization,
+    keras.layers.Normalization,
+)
+
+
+class MagnitudeSparsityAlgorithm(_SparsityAlgorithm):
+    """Magnitude sparsity: zero the smallest weights; the level follows the schedule.
+
+    Masks are recomputed from the weights whenever the scheduled level changes (per epoch, or
+    per optimizer step with `update_per_optimizer_step`), globally (one threshold over all
+    sparsified weights) or locally (each layer at the level), until `sparsity_freeze_epoch`.
+    """
+
+    name = "magnitude_sparsity"
+    wrapper_class = MagnitudeSparsityWrapper
+
+    def __init__(self, config, target_device="ANY"):
+        super().__init__(config, target_device)
+        self.schedule = sparsity_schedule(config.params, config.sparsity_init)
+        self.per_step = config.params.update_per_optimizer_step
+        self.level = self.schedule(0)
+        self._applied = None
+
+    def on_compress(self, model):
+        self.apply_level(model, self.level)
+
+    def update(self, model):
+        if self.epoch >= self.config.params.sparsity_freeze_epoch:
+            return
+        if isinstance(self.schedule, AdaptiveSchedule):
+            self.schedule.observe(int(self.epoch), self.statistics(model)["figures"]["sparsity_level"])
+        self.level = self.schedule(self.epoch)
+        if self._applied is None or abs(self.level - self._applied) > 1e-6:
+            self.apply_level(model, self.level)
+
+    def apply_level(self, model, level):
+        """Sets every mask so that `level` of the sparsified weights are zero."""
+        wrappers = self.wrappers(model)
+        pairs = [(w, a) for w in wrappers for a in w.weight_names]
+        if not pairs:
+            return
+        weights = [ops.convert_to_numpy(getattr(unwrap(w), a)) for w, a in pairs]
+        masks = magnitude_masks(
+            weights,
+            level,
+            self.config.params.weight_importance,
+            self.config.params.sparsity_level_setting_mode,
+        )
+        for (wrapper, attr), mask in zip(pairs, masks):
+            wrapper.masks[attr].assign(mask)
+        self._applied = level
+
+    def get_state(self):
+        state = super().get_state()
+        if isinstance(self.schedule, AdaptiveSchedule):
+            state["adaptive"] = self.schedule.get_state()
+        return state
+
+    def set_state(self, state):
+        super().set_state(state)
+        if "adaptive" in state:
+            self.schedule.set_state(state["adaptive"])
+        self._applied = self.level
+
+
+class RBSparsityAlgorithm(_SparsityAlgorithm):
+    """RB sparsity: learned stochastic masks plus a loss that pulls density to `1 - target`.
+
+    The schedule sets the loss target of every `RBSparsityWrapper` each epoch (or step); the
+    masks themselves are learned by `model.fit`.
+    """
+
+    name = "rb_sparsity"
+    wrapper_class = RBSparsityWrapper
+
+    def __init__(self, config, target_device="ANY"):
+        super().__init__(config, target_device)
+        self.schedule = sparsity_schedule(config.params, config.sparsity_init)
+        self.per_step = config.params.update_per_optimizer_step
+        self.level = self.schedule(0)
+
+    def on_compress(self, model):
+        wrappers = self.wrappers(model)
+        sizes = [sum(int(np.prod(getattr(unwrap(w), a).shape)) for a in w.weight_names) for w in wrappers]
+        total = float(sum(sizes)) or 1.0
+        for wrapper, size in zip(wrappers, sizes):
+            wrapper.share.assign(size / total)
+        self.set_target(model, self.level)
+
+    def set_target(self, model, level):
+        for wrapper in self.wrappers(model):
+            wrapper.target.assign(level)
+
+    def update(self, model):
+        if self.epoch >= self.config.params.sparsity_freeze_epoch:
+            return
+        if isinstance(self.schedule, AdaptiveSchedule):
+            self.schedule.observe(int(self.epoch), self.statistics(model)["figures"]["sparsity_level"])
+        self.level = self.schedule(self.epoch)
+        self.set_target(model, self.level)
+
+
+class MovementSparsityAlgorithm(_SparsityAlgorithm):
+    """Movement sparsity for Dense and EinsumDense (transformer-style models).
+
+    Scores are learned during fine-tuning. Between `warmup_start_epoch` and `warmup_end_epoch`
+    the schedule tightens the mask with progress `p` (0 -> 1) and weight `1 - (1 - p)**power`:
+    - with `params.sparsity_target` (keras_compress extension) each layer keeps its top-scored
+      weights/blocks so that `sparsity_target * weight` of them are masked;
+    - without it (NNCF's semantics) the score threshold rises from `init_importance_threshold`
+      (default: the lowest score when warm-up starts, so nothing is masked then) to
+      `final_importance_threshold`.
+    The score regularization factor ramps up with `p` to `importance_regularization_factor`.
+    Masks are updated every optimizer step (`steps_per_epoch` from the config or from `fit`).
+    `sparse_structure_by_scopes` gives `block` (one score per `sparse_factors` block) or
+    `per_dim` (one score per row/column along `axis`) structure to matching layers.
+    """
+
+    name = "movement_sparsity"
+    wrapper_class = MovementSparsityWrapper
+    kinds = ("dense", "einsum_dense")
+    per_step = True
+
+    def __init__(self, config, target_device="ANY"):
+        super().__init__(config, target_device)
+        self.init_threshold = config.params.init_importance_threshold
+
+    def make_wrapper(self, original, layer, path):
+        names = [original.name, f"{path}{original.name}"]
+        shape = tuple(original.kernel.shape)
+        for structure in self.config.sparse_structure_by_scopes:
+            if matches_scope(names, structure.target_scopes):
+                if structure.mode == "block":
+                    return MovementSparsityWrapper(layer, block_shape=list(structure.sparse_factors))
+                if structure.mode == "per_dim":
+                    block = list(shape)
+                    block[structure.axis % len(shape)] = 1
+                    return MovementSparsityWrapper(layer, block_shape=block)
+        return MovementSparsityWrapper(layer)
+
+    def progress(self):
+        p = self.config.params
+        span = p.warmup_end_epoch - p.warmup_start_epoch
+        return min(max((self.epoch - p.warmup_start_epoch) / span, 0.0), 1.0)
+
+    def update(self, model):
+        p = self.config.params
+        if self.epoch < p.warmup_start_epoch:
+            return
+        progress = self.progress()
+        weight = 1.0 - (1.0 - progress) ** p.power
+        wrappers = self.wrappers(model)
+        for wrapper in wrappers:
+            wrapper.regularization.assign(p.importance_regularization_factor * progress)
+        if p.sparsity_target is not None:
+            self.level = p.sparsity_target * weight
+            for wrapper in wrappers:
+                scores = np.concatenate(
+                    [ops.convert_to_numpy(wrapper.scores[a]).ravel() for a in wrapper.weight_names]
+                )
+                k = int(round(self.level * scores.size))
+                threshold = np.partition(scores, k - 1)[k - 1] if k > 0 else -1e9
+                wrapper.threshold.assign(float(threshold))
+            return
+        if self.init_threshold is None:
+            lowest = [float(np.min(ops.convert_to_numpy(s))) for w in wrappers for s in w.scores.values()]
+            self.init_threshold = min(lowest, default=0.0) - 1e-3
+        threshold = self.init_threshold + (p.final_importance_threshold - self.init_threshold) * weight
+        for wrapper in wrappers:
+            wrapper.threshold.assign(threshold)
+        self.level = self.statistics(model)["figures"]["sparsity_level"]
+
+    def get_state(self):
+        return {**super().get_state(), "init_threshold": self.init_threshold}
+
+    def set_state(self, state):
+        super().set_state(state)
+        self.init_threshold = state.get("init_threshold")
+
+
+#: config algorithm name -> algorithm class.
+SPARSITY_ALGORITHMS = {
+    cls.name: cls for cls in (MagnitudeSparsityAlgorithm, RBSparsityAlgorithm, MovementSparsityAlgorithm)
+}
