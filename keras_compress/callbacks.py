@@ -48,6 +48,14 @@ class CompressionStatisticsCallback(keras.callbacks.Callback):
         self.controller = controller
         self.log_dir = log_dir
         self._writer = None
+        if log_dir:
+            try:
+                import tensorboard  # noqa: F401
+            except ImportError as err:
+                raise ImportError(
+                    "`log_dir` writes TensorBoard scalars and needs the tensorboard package: "
+                    "pip install tensorboard"
+                ) from err
 
     def on_epoch_end(self, epoch, logs=None):
         figures = self.controller.statistics().figures()

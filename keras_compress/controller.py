@@ -65,11 +65,13 @@ class CompressionController:
         pairs: `(original_layer, new_layer, path)` for every cloned layer.
     """
 
-    def __init__(self, model, config, algorithms, pairs=()):
+    def __init__(self, model, config, algorithms, pairs=(), original_model=None):
         self.model = model
         self.config = config
         self.algorithms = algorithms
         self.pairs = list(pairs)
+        self.original_model = original_model
+        self.accuracy_aware_history = []
         self._hook("on_compress")
 
     def _hook(self, hook, *args):
@@ -139,15 +141,29 @@ class CompressionController:
             quantization.initialize_activations(self.model, iterate_batches(dataset), verbose=verbose)
 
     # ----------------------------------------------------------------- training-time API
-    def callbacks(self, log_dir=None):
-        """Keras callbacks that log compression figures into `logs` every epoch.
+    def callbacks(self, log_dir=None, validation_data=None):
+        """The Keras callbacks that drive compression inside `model.fit`.
+
+        - the schedule driver (per epoch and per optimizer step);
+        - compression figures into `logs` every epoch (progress bar, History, CSVLogger,
+          TensorBoard), and as TensorBoard scalars in `log_dir` when given;
+        - with `accuracy_aware_training` in the config, the accuracy-bound callback.
 
         Args:
-            log_dir: when given, also write the figures as TensorBoard scalars there.
+            log_dir: optional TensorBoard log directory.
+            validation_data: data to measure the uncompressed model's metric on, for
+                accuracy-aware training without `uncompressed_model_accuracy` in the config.
         """
         from keras_compress.callbacks import CompressionScheduleCallback, CompressionStatisticsCallback
 
-        return [CompressionScheduleCallback(self), CompressionStatisticsCallback(self, log_dir=log_dir)]
+        callbacks = [CompressionScheduleCallback(self), CompressionStatisticsCallback(self, log_dir=log_dir)]
+        if self.config.accuracy_aware_training is not None:
+            from keras_compress.accuracy_aware import AccuracyAwareCallback
+
+            callbacks.append(
+                AccuracyAwareCallback(self, self.config.accuracy_aware_training, validation_data=validation_data)
+            )
+        return callbacks
 
     def statistics(self, model=None):
         """Per-algorithm statistics of `model` (default: the compressed model)."""

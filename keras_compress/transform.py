@@ -222,7 +222,7 @@ def compress(model, config, dataset=None):
     planner = planners[0].plan if planners else None
     factory = planners[0].make_layer if planners else None
     compressed, pairs = transform_model(functional, wrap_fn, planner, factory)
-    controller = CompressionController(compressed, cfg, algorithms, pairs)
+    controller = CompressionController(compressed, cfg, algorithms, pairs, original_model=model)
     if dataset is not None:
         controller.initialize(dataset)
     elif controller.needs_data():

@@ -76,12 +76,16 @@ class _SparsityAlgorithm:
         if self.steps_per_epoch is None and steps:
             self.steps_per_epoch = int(steps)
 
+    #: False once accuracy-aware training took over the level (`set_level`).
+    scheduled = True
+
     def on_epoch_begin(self, model, epoch):
         self.epoch = float(epoch)
-        self.update(model)
+        if self.scheduled:
+            self.update(model)
 
     def on_train_batch_begin(self, model, step):
-        if self.per_step and self.steps_per_epoch:
+        if self.scheduled and self.per_step and self.steps_per_epoch:
             self.epoch = step / self.steps_per_epoch
             self.update(model)
 
@@ -140,10 +144,13 @@ class MagnitudeSparsityAlgorithm(_SparsityAlgorithm):
         self.schedule = sparsity_schedule(config.params, config.sparsity_init)
         self.per_step = config.params.update_per_optimizer_step
         self.level = self.schedule(0)
-        self._applied = None
 
     def on_compress(self, model):
         self.apply_level(model, self.level)
+
+    def applied_level(self, model):
+        wrappers = self.wrappers(model)
+        return float(ops.convert_to_numpy(wrappers[0].mask_level)) if wrappers else None
 
     def update(self, model):
         if self.epoch >= self.config.params.sparsity_freeze_epoch:
@@ -151,7 +158,8 @@ class MagnitudeSparsityAlgorithm(_SparsityAlgorithm):
         if isinstance(self.schedule, AdaptiveSchedule):
             self.schedule.observe(int(self.epoch), self.statistics(model)["figures"]["sparsity_level"])
         self.level = self.schedule(self.epoch)
-        if self._applied is None or abs(self.level - self._applied) > 1e-6:
+        applied = self.applied_level(model)
+        if applied is None or abs(self.level - applied) > 1e-6:
             self.apply_level(model, self.level)
 
     def apply_level(self, model, level):
@@ -169,7 +177,14 @@ class MagnitudeSparsityAlgorithm(_SparsityAlgorithm):
         )
         for (wrapper, attr), mask in zip(pairs, masks):
             wrapper.masks[attr].assign(mask)
-        self._applied = level
+        for wrapper in wrappers:
+            wrapper.mask_level.assign(level)
+
+    def set_level(self, model, level):
+        """Overrides the schedule (accuracy-aware training): masks for `level` now."""
+        self.scheduled = False
+        self.level = level
+        self.apply_level(model, level)
 
     def get_state(self):
         state = super().get_state()
@@ -181,7 +196,6 @@ class MagnitudeSparsityAlgorithm(_SparsityAlgorithm):
         super().set_state(state)
         if "adaptive" in state:
             self.schedule.set_state(state["adaptive"])
-        self._applied = self.level
 
 
 class RBSparsityAlgorithm(_SparsityAlgorithm):
@@ -219,6 +233,12 @@ class RBSparsityAlgorithm(_SparsityAlgorithm):
             self.schedule.observe(int(self.epoch), self.statistics(model)["figures"]["sparsity_level"])
         self.level = self.schedule(self.epoch)
         self.set_target(model, self.level)
+
+    def set_level(self, model, level):
+        """Overrides the schedule (accuracy-aware training)."""
+        self.scheduled = False
+        self.level = level
+        self.set_target(model, level)
 
 
 class MovementSparsityAlgorithm(_SparsityAlgorithm):

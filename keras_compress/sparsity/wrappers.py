@@ -74,6 +74,11 @@ class MagnitudeSparsityWrapper(MaskedWeightsWrapper):
             )
             for attr in self.weight_names
         }
+        # The level the masks were computed for: saved with the weights, so a resumed fit
+        # (BackupAndRestore, ModelCheckpoint) does not recompute masks it already has.
+        self.mask_level = self.add_weight(
+            name="mask_level", shape=(), initializer=keras.initializers.Constant(-1.0), trainable=False
+        )
 
     def mask(self, attr, training=None):
         return self.masks[attr]
