@@ -260,7 +260,11 @@ class PrecisionInitConfig(_Section):
     """Mixed precision: choose a bit width per quantizer (NNCF's `initializer.precision`)."""
 
     type: Literal["hawq", "autoq", "manual"] = "manual"
-    bits: list[Bits] = Field(default_factory=lambda: [2, 4, 8], min_length=1)
+    bits: list[Bits] = Field(default_factory=lambda: [4, 8], min_length=1)
+    """Candidate weight bit widths (NNCF's default was [2, 4, 8]; 2-bit weights rarely pay)."""
+    criterion: Literal["hessian", "loss_perturbation"] = "hessian"
+    """keras_compress extension for `hawq`: Hutchinson Hessian traces, or the cheaper measured
+    loss change when one layer at a time is quantized."""
     num_data_points: int = Field(100, ge=1)
     iter_number: int | None = Field(None, ge=0)
     """Defaults to 200 for `hawq` and 0 for `autoq`."""

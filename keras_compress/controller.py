@@ -124,6 +124,10 @@ class CompressionController:
 
         quantization = self.algorithm("quantization")
         if quantization is not None:
+            if self.original_model is not None:
+                quantization.initialize_precision(
+                    self.model, self.pairs, self.original_model, iterate_batches(dataset)
+                )
             quantization.initialize_weights(self.model)
         num_bn = self._bn_adaptation_samples()
         if num_bn > 0:

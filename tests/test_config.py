@@ -401,7 +401,7 @@ def test_defaults_match_nncf():
 def test_precision_accuracy_aware_and_movement_defaults():
     q = load_quietly(quantization(initializer={"precision": {"type": "hawq"}})).compression[0]
     precision = q.initializer.precision
-    assert (precision.bits, precision.num_data_points, precision.iter_number) == ([2, 4, 8], 100, 200)
+    assert (precision.bits, precision.num_data_points, precision.iter_number) == ([4, 8], 100, 200)
     assert (precision.tolerance, precision.compression_ratio) == (1e-4, 1.5)
     autoq = load_quietly(quantization(initializer={"precision": {"type": "autoq"}})).compression[0]
     assert (autoq.initializer.precision.iter_number, autoq.initializer.precision.compression_ratio) == (0, 0.15)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import types
+import dataclasses
 import logging
+import types
 
 import keras
 import numpy as np
@@ -20,6 +21,7 @@ from keras_compress.quantization.quantize_wrapper import QuantizeWrapper
 from keras_compress.quantization.quantizers import QuantizerSpec
 from keras_compress.quantization.range_init import RangeCollector, run_batches
 from keras_compress.transform import matches_scope
+from keras_compress.wrapper import unwrap
 
 __all__ = ["QuantizationAlgorithm"]
 
@@ -44,6 +46,9 @@ class QuantizationAlgorithm:
         self.target_device = target_device
         self.skipped = {}  # layer path -> reason its weights are not quantized
         self.first_layer_ids = set()
+        self.precision = config.initializer.precision
+        self.precision_rows = []  # [layer, parameters, sensitivity, bits] after mixed precision
+        self.precision_budget = None
         if config.activations.per_channel:
             logger.warning(
                 "quantization.activations.per_channel is not supported: activations are "
@@ -91,8 +96,19 @@ class QuantizationAlgorithm:
                 break
         return types.SimpleNamespace(**settings)
 
+    def _manual_bits(self, names):
+        if self.precision is None or self.precision.type != "manual":
+            return None
+        for bits, scope in self.precision.bitwidth_per_scope:
+            if matches_scope(names, [scope]):
+                return bits
+        return None
+
     def _weight_spec(self, layer, attr, path=""):
         cfg = self._settings("weights", self._names(layer, path))
+        manual = self._manual_bits(self._names(layer, path))
+        if manual is not None:
+            cfg.bits = manual
         spec = compressible_spec(layer)
         half = (
             self.config.overflow_fix == "enable"
@@ -159,6 +175,79 @@ class QuantizationAlgorithm:
 
     def num_init_samples(self):
         return max((c.num_init_samples for c in _range_configs(self.config)), default=0)
+
+    def initialize_precision(self, model, pairs, original_model, batches):
+        """Mixed precision (`initializer.precision.type: hawq`): bits per layer by sensitivity.
+
+        Args:
+            model: the compressed model.
+            pairs: `(original_layer, new_layer, path)` from the transformation.
+            original_model: the FP32 model (its Hessian / loss is measured).
+            batches: calibration input batches.
+        """
+        from keras_compress.quantization.precision import (
+            assign_bitwidths,
+            hutchinson_traces,
+            loss_perturbations,
+            quantization_error,
+        )
+
+        precision = self.precision
+        if precision is None or precision.type != "hawq":
+            if precision is not None and precision.type == "autoq":
+                raise ValueError(
+                    "initializer.precision.type 'autoq' (NNCF's reinforcement-learning search) is "
+                    "not supported. Use 'hawq' (sensitivity-based) or 'manual'."
+                )
+            return
+        wrappers = {id(w): w for w in self.weight_wrappers(model)}
+        kernels, axes, owners = {}, {}, {}
+        for original, new, path in pairs:
+            layer = new
+            while not isinstance(layer, QuantizeWrapper) and hasattr(layer, "layer"):
+                layer = layer.layer
+            if id(layer) not in wrappers:
+                continue
+            for attr, quantizer in layer.quantizers.items():
+                name = f"{path}{original.name}/{attr}"
+                kernels[name] = getattr(original, attr)
+                axes[name] = quantizer.spec.axis if quantizer.spec.axis is not None else -1
+                owners[name] = (layer, attr)
+        data, seen = [], 0
+        for x in batches:
+            data.append(x)
+            seen += int(keras.tree.flatten(x)[0].shape[0])
+            if seen >= precision.num_data_points:
+                break
+        if not data:
+            raise ValueError("Mixed precision got no samples: `dataset` yielded no batches.")
+        bits_options = sorted(set(precision.bits))
+        if precision.criterion == "hessian":
+            traces = hutchinson_traces(
+                original_model, kernels, data, precision.iter_number, precision.tolerance
+            )
+            sensitivity = {
+                n: {b: traces[n] * quantization_error(keras.ops.convert_to_numpy(kernels[n]), b, axes[n])
+                    for b in bits_options}
+                for n in kernels
+            }  # fmt: skip
+            score = traces
+        else:
+            sensitivity = loss_perturbations(original_model, kernels, data, bits_options, axes)
+            score = {n: sensitivity[n][bits_options[0]] for n in kernels}
+        sizes = {n: int(np.prod(kernels[n].shape)) for n in kernels}
+        budget = precision.average_bits or max(bits_options) / precision.compression_ratio
+        budget = max(budget, min(bits_options))
+        chosen = assign_bitwidths(sensitivity, sizes, bits_options, budget)
+        self.precision_budget = budget
+        self.precision_rows = []
+        for name, bits in chosen.items():
+            layer, attr = owners[name]
+            quantizer = layer.quantizers[attr]
+            quantizer.spec = dataclasses.replace(
+                quantizer.spec, bits=bits, half_range=quantizer.spec.half_range and bits == 8
+            )
+            self.precision_rows.append([name, sizes[name], score[name], bits])
 
     def initialize_weights(self, model):
         for wrapper in self.weight_wrappers(model):
@@ -227,6 +316,9 @@ class QuantizationAlgorithm:
                 ]
             )
         per_channel = sum(1 for r in weight_rows if r[4] == "per-channel")
+        sizes = [
+            int(np.prod(getattr(unwrap(w), a).shape)) for w in self.weight_wrappers(model) for a in w.quantizers
+        ]
         figures = {
             "weight_quantizers": len(weight_rows),
             "activation_quantizers": len(activation_rows),
@@ -237,11 +329,17 @@ class QuantizationAlgorithm:
                 else 0.0
             ),
             "mean_weight_bits": float(np.mean([r[2] for r in weight_rows])) if weight_rows else 0.0,
+            "weighted_weight_bits": (
+                float(np.average([r[2] for r in weight_rows], weights=sizes)) if weight_rows else 0.0
+            ),
         }
+        if self.precision_budget is not None:
+            figures["bits_budget"] = float(self.precision_budget)
         return {
             "figures": figures,
             "weights": (["layer", "weight", "bits", "mode", "granularity", "range"], weight_rows),
             "activations": (["quantizer", "bits", "mode", "sign", "range"], activation_rows),
+            "mixed precision": (["weight", "parameters", "sensitivity", "bits"], self.precision_rows),
             "skipped": dict(self.skipped),
         }
 

@@ -1,0 +1,124 @@
+"""Mixed-precision quantization: per-layer bit widths by sensitivity, manual bits, export."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import keras_compress as kc  # noqa: E402
+from keras_compress.benchmark import compile_ir, runtime_precisions  # noqa: E402
+from keras_compress.demo import build_digits_cnn, load_digits_split  # noqa: E402
+from keras_compress.quantization.precision import assign_bitwidths, quantization_error  # noqa: E402
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def qconfig(bits=8, precision=None, num_init_samples=256):
+    initializer = {
+        "range": {"num_init_samples": num_init_samples},
+        "batchnorm_adaptation": {"num_bn_adaptation_samples": 0},
+    }
+    if precision is not None:
+        initializer["precision"] = precision
+    return {
+        "compression": {
+            "algorithm": "quantization",
+            "overflow_fix": "disable",
+            "weights": {"per_channel": True, "bits": bits},
+            "initializer": initializer,
+        }
+    }
+
+
+def weight_bits(model):
+    return {
+        layer.name: layer.quantizers["kernel"].spec.bits
+        for layer in model.layers
+        if isinstance(layer, kc.QuantizeWrapper)
+    }
+
+
+def test_assign_bitwidths_meets_the_budget_and_prefers_insensitive_layers():
+    sensitivity = {n: {4: s, 8: 0.0} for n, s in {"a": 5.0, "b": 1.0, "c": 3.0, "d": 0.1}.items()}
+    sizes = {"a": 100, "b": 100, "c": 100, "d": 100}
+    chosen = assign_bitwidths(sensitivity, sizes, [4, 8], 6.0)
+    assert chosen == {"a": 8, "b": 4, "c": 8, "d": 4}
+    chosen = assign_bitwidths(sensitivity, sizes, [4, 8], 4.0)
+    assert set(chosen.values()) == {4}
+    # Size matters: lowering a big layer saves more bits per unit of sensitivity.
+    chosen = assign_bitwidths(sensitivity, {"a": 1000, "b": 10, "c": 10, "d": 10}, [4, 8], 6.0)
+    assert chosen["a"] == 4
+
+
+def test_quantization_error_shrinks_with_bits():
+    w = np.random.default_rng(0).normal(size=(3, 3, 8, 16))
+    errors = [quantization_error(w, b) for b in (2, 4, 8)]
+    assert errors[0] > errors[1] > errors[2] > 0
+
+
+def test_manual_bitwidth_per_scope_sets_exactly_the_bits_asked():
+    model = build_digits_cnn()
+    precision = {"type": "manual", "bitwidth_per_scope": [[4, "conv2"], [6, "{re}conv[13]"], [2, "logits"]]}
+    compressed, _ = kc.compress(model, qconfig(8, precision))
+    assert weight_bits(compressed) == {"conv1": 6, "conv2": 4, "conv3": 6, "logits": 2}
+
+
+def sensitive_model():
+    inputs = keras.Input((16,))
+    a = keras.layers.Dense(16, name="sensitive")(inputs)
+    a = keras.layers.Rescaling(100.0)(a)  # errors in this layer are amplified 100x
+    b = keras.layers.Dense(16, name="plain")(inputs)
+    return keras.Model(inputs, keras.layers.Concatenate()([a, b]))
+
+
+@pytest.mark.parametrize("criterion", ["hessian", "loss_perturbation"])
+def test_the_deliberately_sensitive_layer_gets_the_higher_bit_width(criterion):
+    keras.utils.set_random_seed(0)
+    model = sensitive_model()
+    x = np.random.default_rng(0).normal(size=(64, 16)).astype("float32")
+    precision = {"type": "hawq", "bits": [4, 8], "average_bits": 6, "criterion": criterion, "iter_number": 20}
+    compressed, ctrl = kc.compress(model, qconfig(8, precision, 64), dataset=x)
+    assert weight_bits(compressed) == {"sensitive": 8, "plain": 4}
+    stats = ctrl.statistics().sections["quantization"]
+    rows = {r[0]: r for r in stats["mixed precision"][1]}
+    assert rows["sensitive/kernel"][2] > 10 * rows["plain/kernel"][2]
+    assert stats["figures"]["weighted_weight_bits"] == pytest.approx(6.0)
+    assert stats["figures"]["bits_budget"] == pytest.approx(6.0)
+
+
+@pytest.mark.slow
+def test_mixed_precision_on_digits_between_uniform_4_and_8_bits(tmp_path):
+    keras.utils.set_random_seed(0)
+    (x_train, y_train), (x_test, y_test) = load_digits_split()
+    model = build_digits_cnn()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=LOSS, metrics=["accuracy"])
+    model.fit(x_train, y_train, batch_size=64, epochs=30, verbose=0)
+
+    def fine_tuned(config):
+        keras.utils.set_random_seed(1)
+        compressed, ctrl = kc.compress(model, config, dataset=(x_train, y_train))
+        compressed.compile(optimizer=keras.optimizers.Adam(1e-4), loss=LOSS, metrics=["accuracy"])
+        compressed.fit(x_train, y_train, batch_size=64, epochs=3, verbose=0)
+        return compressed, ctrl, compressed.evaluate(x_test, y_test, verbose=0)[1]
+
+    _, _, acc8 = fine_tuned(qconfig(8))
+    _, _, acc4 = fine_tuned(qconfig(4))
+    precision = {"type": "hawq", "bits": [4, 8], "average_bits": 6, "iter_number": 50}
+    mixed, ctrl, acc_mixed = fine_tuned(qconfig(8, precision))
+    figures = ctrl.statistics().figures()
+    assert figures["quantization/weighted_weight_bits"] <= 6.0
+    assert set(weight_bits(mixed).values()) == {4, 8}
+    assert acc_mixed >= acc4, (acc_mixed, acc4, acc8)
+    assert acc_mixed >= acc8 - 0.01, (acc_mixed, acc4, acc8)
+
+    # The IR holds 16-level FakeQuantize (or int4-range weights) and matches the Keras model.
+    xml = kc.export(mixed, tmp_path / "mixed")
+    compiled = compile_ir(xml, "f32")
+    got = compiled(x_test)[0]
+    expected = mixed.predict(x_test, verbose=0)
+    assert (got.argmax(-1) == expected.argmax(-1)).mean() >= 0.99
+    counts = runtime_precisions(compiled)
+    assert sum(counts.values()) == 4
