@@ -1,0 +1,269 @@
+"""Filter pruning (config `"algorithm": "filter_pruning"`): masks during fine-tuning, surgery at export."""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+import numpy as np
+
+from keras_compress.compressible import compressible_spec, unsupported_reason
+from keras_compress.graph import iter_layers
+from keras_compress.pruning.flops import model_costs, total_cost
+from keras_compress.pruning.groups import analyze_channels
+from keras_compress.pruning.importance import FILTER_IMPORTANCE_FUNCTIONS, l2_normalized
+from keras_compress.pruning.masks import (
+    PRUNING_QUOTA,
+    find_global_count,
+    find_uniform_level,
+    global_order,
+    masks_from_order,
+    uniform_masks,
+)
+from keras_compress.pruning.surgery import remove_pruned_filters
+from keras_compress.pruning.wrapper import MASKED_KINDS, FilterPruningWrapper
+from keras_compress.schedules import pruning_schedule
+from keras_compress.transform import matches_scope
+from keras_compress.wrapper import WeightsWrapper
+
+__all__ = ["FilterPruningAlgorithm"]
+
+logger = logging.getLogger("keras_compress")
+
+
+class FilterPruningAlgorithm:
+    """NNCF-style filter pruning whose pruned filters are really removed at export.
+
+    Every Conv/Dense layer gets a `FilterPruningWrapper`. The schedule raises the pruning level
+    once per epoch; each change recomputes the filter importance of every prunable group (summed
+    over the group's convolutions) and sets the masks: the group's filters in its convolutions
+    and the matching input channels of the layers that read them. `strip` removes them.
+
+    Args:
+        config: the `FilterPruningConfig` section.
+        target_device: the config's `target_device` (unused).
+    """
+
+    name = "filter_pruning"
+
+    def __init__(self, config, target_device="ANY"):
+        self.config = config
+        params = config.params
+        self.flops_mode = params.pruning_flops_target is not None
+        target = params.pruning_flops_target if self.flops_mode else params.pruning_target
+        self.schedule = pruning_schedule(params.model_copy(update={"pruning_target": target}), config.pruning_init)
+        self.importance = FILTER_IMPORTANCE_FUNCTIONS[params.filter_importance]
+        self.level = None  # the level the masks were last set for (a FLOPs share in FLOPs mode)
+        self.filter_level = None  # the uniform filter level found in FLOPs mode
+        self.epoch = None
+        self.scheduled = True  # False once `set_level` overrides the schedule
+        self._cache = (None, None)
+
+    # ----------------------------------------------------------------- transform hooks
+    def wrap(self, original, layer, path):
+        """Wraps Conv/Dense layers (the fresh copy `layer` of `original`) in a `FilterPruningWrapper`."""
+        spec = compressible_spec(original)
+        if spec is None or spec.kind not in MASKED_KINDS or unsupported_reason(original) is not None:
+            return layer
+        return FilterPruningWrapper(layer)
+
+    # ----------------------------------------------------------------- groups
+    def source_reason(self, layer, name, first):
+        """Why a convolution's filters are not pruned under this config, or None."""
+        cfg, params = self.config, self.config.params
+        names = [layer.name, name]
+        if matches_scope(names, cfg.ignored_scopes) or (cfg.target_scopes and not matches_scope(names, cfg.target_scopes)):
+            return "excluded by scopes"
+        if first and not params.prune_first_conv:
+            return "first convolution (prune_first_conv is false)"
+        if any(s > 1 for s in layer.strides) and not params.prune_downsample_convs:
+            return "downsampling convolution (prune_downsample_convs is false)"
+        return None
+
+    def analysis(self, model):
+        """The `ChannelAnalysis` of `model` under this config (cached for the last model)."""
+        if self._cache[0] is not model:
+            self._validate_scopes(model)
+            analysis = analyze_channels(model, self.source_reason, _consumer_reason)
+            self._cache = (model, analysis)
+        return self._cache[1]
+
+    def _validate_scopes(self, model):
+        cfg = self.config
+        if not cfg.validate_scopes:
+            return
+        names = [layer.name for layer in iter_layers(model)]
+        for key in ("ignored_scopes", "target_scopes"):
+            missing = [s for s in getattr(cfg, key) if not any(matches_scope(n, [s]) for n in names)]
+            if missing:
+                raise ValueError(
+                    f"filter_pruning `{key}` must name layers of the model (or set "
+                    f"`validate_scopes: false`). Received scopes that match no layer: {missing}"
+                )
+
+    # ----------------------------------------------------------------- masks
+    def set_pruning_level(self, model, level):
+        """Recomputes importances and sets the masks of `model` for `level`.
+
+        `level` is the share of filters pruned in each group, or with `pruning_flops_target`
+        the share of FLOPs to remove. With `all_weights`, filters are ranked across groups.
+        """
+        analysis = self.analysis(model)
+        groups = analysis.prunable_groups
+        importances = [self._group_importance(analysis, g) for g in groups]
+        sizes = [g.channels for g in groups]
+        params = self.config.params
+        if level <= 0 or not groups:
+            masks = [np.ones(n, bool) for n in sizes]
+        elif params.all_weights:
+            order = global_order(importances, PRUNING_QUOTA)
+            if self.flops_mode:
+                count, reached = find_global_count(
+                    lambda k: self._removed(analysis, groups, masks_from_order(sizes, order, k)), level, len(order)
+                )
+                self._warn_unreached(reached, level)
+            else:
+                count = int(level * sum(sizes))
+            masks = masks_from_order(sizes, order, min(count, len(order)))
+        elif self.flops_mode:
+            filter_level, reached = find_uniform_level(
+                lambda p: self._removed(analysis, groups, uniform_masks(importances, p)), level
+            )
+            self._warn_unreached(reached, level)
+            self.filter_level = filter_level
+            masks = uniform_masks(importances, filter_level)
+        else:
+            masks = uniform_masks(importances, level)
+        self._assign(analysis, {g.index: m for g, m in zip(groups, masks)})
+        self.level = float(level)
+
+    def _group_importance(self, analysis, group):
+        total = np.zeros(group.channels)
+        for use in analysis.source_uses(group):
+            kernel = keras.ops.convert_to_numpy(use.base.kernel)
+            if self.config.params.all_weights:
+                kernel = l2_normalized(kernel)
+            total += self.importance(kernel, axis=-1)
+        return total
+
+    def _removed(self, analysis, groups, masks):
+        full = total_cost(model_costs(analysis))[0]
+        kept = {g.index: int(m.sum()) for g, m in zip(groups, masks)}
+        return 1.0 - total_cost(model_costs(analysis, kept))[0] / full if full else 0.0
+
+    def _warn_unreached(self, reached, level):
+        if not reached:
+            logger.warning(
+                "filter_pruning cannot remove %.0f%% of the FLOPs: the prunable groups hold too "
+                "few of them. Pruning as far as possible.",
+                100 * level,
+            )
+
+    def _assign(self, analysis, masks):
+        for group in analysis.prunable_groups:
+            mask = masks[group.index].astype("float32")
+            for use in analysis.source_uses(group):
+                _pruning_wrapper(use.layer).filter_mask.assign(mask)
+        for use in analysis.uses:
+            wrapper = _pruning_wrapper(use.layer)
+            if wrapper is not None and use.inputs is not None and use.inputs.size == wrapper.input_mask.shape[0]:
+                wrapper.input_mask.assign(analysis.channel_mask(use.inputs, masks).astype("float32"))
+
+    def current_masks(self, model):
+        """`{group index: keep mask}` read from the filter masks of the group's convolutions."""
+        analysis = self.analysis(model)
+        masks = {}
+        for group in analysis.prunable_groups:
+            uses = analysis.source_uses(group)
+            wrapper = _pruning_wrapper(uses[0].layer) if uses else None
+            if wrapper is not None:
+                masks[group.index] = keras.ops.convert_to_numpy(wrapper.filter_mask) > 0.5
+        return masks
+
+    # ----------------------------------------------------------------- schedule hooks
+    def on_compress(self, model):
+        """Sets the masks for epoch 0 right after `kc.compress` (before range init)."""
+        self.on_epoch_begin(model, 0)
+
+    def on_train_begin(self, model):
+        self.analysis(model)
+
+    def on_epoch_begin(self, model, epoch):
+        """Moves the schedule to `epoch`; new masks whenever the level changes."""
+        self.epoch = int(epoch)
+        if not self.scheduled:
+            return
+        level = float(self.schedule(epoch))
+        if self.level is None or abs(level - self.level) > 1e-9:
+            self.set_pruning_level(model, level)
+
+    def set_level(self, model, level):
+        """Overrides the schedule (accuracy-aware training): masks for `level` now."""
+        self.scheduled = False
+        self.set_pruning_level(model, level)
+
+    def get_state(self):
+        """The schedule state (the masks themselves are variables saved with the model)."""
+        return {
+            "level": self.level,
+            "filter_level": self.filter_level,
+            "epoch": self.epoch,
+            "scheduled": self.scheduled,
+        }
+
+    def set_state(self, state):
+        self.level = state.get("level")
+        self.filter_level = state.get("filter_level")
+        self.epoch = state.get("epoch")
+        self.scheduled = state.get("scheduled", True)
+
+    # ----------------------------------------------------------------- statistics and export
+    def statistics(self, model):
+        """Figures and a per-layer table of filters, parameters and FLOPs (full vs current)."""
+        analysis = self.analysis(model)
+        masks = self.current_masks(model)
+        kept = {index: int(mask.sum()) for index, mask in masks.items()}
+        full, now = model_costs(analysis), model_costs(analysis, kept)
+        (full_flops, full_params), (flops, params) = total_cost(full), total_cost(now)
+        rows, total, pruned = [], 0, 0
+        for use in analysis.uses:
+            if use.kind == "conv":
+                group = analysis.group_of(use.outputs.parts[0][0])
+                k = kept.get(group.index, group.channels)
+                if group.prunable:
+                    total, pruned = total + group.channels, pruned + group.channels - k
+                (f0, p0), (f1, p1) = full[use.name], now[use.name]
+                rows.append([use.name, f"{k}/{group.channels}", p0, p1, f0, f1])
+        figures = {
+            "pruning_level": float(self.level or 0.0),
+            "pruned_filters": pruned,
+            "filter_pruning_rate": pruned / total if total else 0.0,
+            "flops_ratio": flops / full_flops if full_flops else 1.0,
+            "params_ratio": params / full_params if full_params else 1.0,
+            "flops": flops,
+            "full_flops": full_flops,
+            "params": params,
+            "full_params": full_params,
+        }
+        if self.flops_mode and self.filter_level is not None:
+            figures["filter_level"] = self.filter_level
+        header = ["layer", "filters kept", "params full", "params now", "FLOPs full", "FLOPs now"]
+        return {"figures": figures, "filters": (header, rows), "skipped": dict(analysis.skipped)}
+
+    def strip(self, model):
+        """Removes the pruned filters from a stripped model (see `remove_pruned_filters`)."""
+        return remove_pruned_filters(model)
+
+
+def _pruning_wrapper(layer):
+    while isinstance(layer, WeightsWrapper):
+        if isinstance(layer, FilterPruningWrapper):
+            return layer
+        layer = layer.layer
+    return None
+
+
+def _consumer_reason(layer):
+    if _pruning_wrapper(layer) is None:
+        return f"{layer.name!r} reads the channels but has no FilterPruningWrapper"
+    return None
