@@ -1,8 +1,16 @@
-"""Compression statistics: figures plus per-layer tables, printable as text."""
+"""Compression statistics: figures plus per-layer tables, printable as text or drawn as a PNG."""
 
 from __future__ import annotations
 
-__all__ = ["CompressionStatistics", "format_table"]
+import numbers
+from pathlib import Path
+
+__all__ = ["CompressionStatistics", "format_table", "PLOT_COLUMNS"]
+
+#: Numeric table columns that `CompressionStatistics.plot` draws, one panel per table column.
+PLOT_COLUMNS = ("bits", "sparsity", "kept filters")
+# Columns drawn as a light background bar behind "kept filters" when a table has one.
+_TOTAL_COLUMNS = ("total filters", "filters")
 
 
 def format_table(header, rows):
@@ -35,7 +43,17 @@ class CompressionStatistics:
             "skipped": {layer: reason}}}.
 
     `str(stats)` is a readable report; `stats.figures()` is a flat dict of numbers such as
-    `{"quantization/weight_quantizers": 53}`.
+    `{"quantization/weight_quantizers": 53}`; `stats.plot("stats.png")` draws the per-layer
+    bits, sparsity and kept filters.
+
+    Example:
+        ```python
+        stats = CompressionStatistics(
+            {"magnitude_sparsity": {"figures": {"sparsity_level": 0.5},
+                                    "layers": (["layer", "weights", "sparsity"], [["conv1", 288, 0.5]])}}
+        )
+        stats.figures()  # {'magnitude_sparsity/sparsity_level': 0.5}
+        ```
     """
 
     def __init__(self, sections):
@@ -78,3 +96,117 @@ class CompressionStatistics:
         return "\n".join(parts)
 
     __repr__ = __str__
+
+    def tables(self):
+        """Yields `(algorithm, table name, header, rows)` for every non-empty table."""
+        for name, section in self.sections.items():
+            for key, value in section.items():
+                if key in ("figures", "skipped"):
+                    continue
+                header, rows = value
+                if rows:
+                    yield name, key, list(header), list(rows)
+
+    def plot_panels(self, columns=PLOT_COLUMNS):
+        """The per-layer series `plot` draws, without drawing them.
+
+        Every table column whose name is in `columns` and whose values are numbers becomes
+        one panel. A row's label joins its text cells left of the first such column
+        (`conv1/kernel` for the quantization weights table).
+
+        Args:
+            columns: column names to draw (case-insensitive).
+
+        Returns:
+            A list of dicts `{"title", "column", "labels", "values", "totals"}`; `totals` is the
+            row's total filter count next to a "kept filters" column, else None.
+        """
+        wanted = {c.lower() for c in columns}
+        panels = []
+        for algorithm, table, header, rows in self.tables():
+            names = [str(h).lower() for h in header]
+            plotted = [i for i, h in enumerate(names) if h in wanted]
+            if not plotted:
+                continue
+            total_index = next((names.index(t) for t in _TOTAL_COLUMNS if t in names), None)
+            for index in plotted:
+                numeric = [r for r in rows if _is_number(r[index])]
+                if not numeric:
+                    continue
+                labels = ["/".join(str(c) for c in r[: plotted[0]] if isinstance(c, str)) or str(n)
+                          for n, r in enumerate(numeric)]  # fmt: skip
+                totals = None
+                if names[index] == "kept filters" and total_index is not None:
+                    totals = [float(r[total_index]) if _is_number(r[total_index]) else None for r in numeric]
+                panels.append(
+                    {
+                        "title": f"{algorithm}: {table}",
+                        "column": header[index],
+                        "labels": labels,
+                        "values": [float(r[index]) for r in numeric],
+                        "totals": totals,
+                    }
+                )
+        return panels
+
+    def plot(self, path, columns=PLOT_COLUMNS, dpi=100):
+        """Draws the per-layer bits, sparsity and kept filters as horizontal bars in a PNG.
+
+        One panel per table column named in `columns` (see `plot_panels`), so it covers every
+        algorithm whose statistics have such a table. Needs matplotlib, imported only here.
+
+        Args:
+            path: the PNG file to write (its folder is created).
+            columns: column names to draw.
+            dpi: resolution.
+
+        Returns:
+            `path` as a `pathlib.Path`.
+
+        Raises:
+            ValueError: no table has a numeric column named in `columns`.
+
+        Example:
+            ```python
+            ctrl.statistics().plot("stats.png")
+            ```
+        """
+        try:
+            from matplotlib.figure import Figure
+        except ImportError as err:
+            raise ImportError("`CompressionStatistics.plot` needs matplotlib: pip install matplotlib") from err
+
+        panels = self.plot_panels(columns)
+        if not panels:
+            found = sorted({h for _, _, header, _ in self.tables() for h in header})
+            raise ValueError(
+                f"No table has a numeric column named one of {list(columns)}. Received tables "
+                f"with columns: {found}"
+            )
+        heights = [0.8 + 0.2 * len(p["labels"]) for p in panels]
+        figure = Figure(figsize=(8, sum(heights)), layout="constrained")
+        axes = figure.subplots(len(panels), 1, squeeze=False, height_ratios=heights)[:, 0]
+        for ax, panel in zip(axes, panels):
+            positions = range(len(panel["labels"]))
+            if panel["totals"] is not None:
+                totals = [t if t is not None else 0.0 for t in panel["totals"]]
+                ax.barh(positions, totals, color="#d9d9d9", label="total")
+            ax.barh(positions, panel["values"], color="#1f77b4", label=panel["column"])
+            ax.set_yticks(list(positions), panel["labels"], fontsize=7)
+            ax.invert_yaxis()
+            ax.set_title(f"{panel['title']}: {panel['column']}", fontsize=9, loc="left")
+            ax.tick_params(axis="x", labelsize=7)
+            if str(panel["column"]).lower() == "sparsity":
+                ax.set_xlim(0, 1)
+            elif str(panel["column"]).lower() == "bits":
+                ax.set_xlim(0, max(8, max(panel["values"])))
+            if panel["totals"] is not None:
+                ax.legend(fontsize=7, loc="lower right")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=dpi, format="png")
+        return path
+
+
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
