@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import numbers
+import re
 from pathlib import Path
 
 __all__ = ["CompressionStatistics", "format_table", "PLOT_COLUMNS"]
 
 #: Numeric table columns that `CompressionStatistics.plot` draws, one panel per table column.
 PLOT_COLUMNS = ("bits", "sparsity", "kept filters")
-# Columns drawn as a light background bar behind "kept filters" when a table has one.
+# A numeric column giving the total behind "kept filters" (drawn as a light background bar).
 _TOTAL_COLUMNS = ("total filters", "filters")
 
 
@@ -110,43 +111,47 @@ class CompressionStatistics:
     def plot_panels(self, columns=PLOT_COLUMNS):
         """The per-layer series `plot` draws, without drawing them.
 
-        Every table column whose name is in `columns` and whose values are numbers becomes
-        one panel. A row's label joins its text cells left of the first such column
+        Every table column whose name is in `columns` becomes one panel. A cell is a number or
+        a `"kept/total"` string (as the filter pruning table writes kept filters); other cells
+        are left out. A row's label joins its text cells left of the first drawn column
         (`conv1/kernel` for the quantization weights table).
 
         Args:
-            columns: column names to draw (case-insensitive).
+            columns: column names to draw (case-insensitive; "filters kept" counts as
+                "kept filters").
 
         Returns:
-            A list of dicts `{"title", "column", "labels", "values", "totals"}`; `totals` is the
-            row's total filter count next to a "kept filters" column, else None.
+            A list of dicts `{"title", "column", "labels", "values", "totals"}`; `totals` holds
+            each row's total filters where the table gives them, else None.
         """
-        wanted = {c.lower() for c in columns}
+        wanted = {_column_key(c) for c in columns}
         panels = []
         for algorithm, table, header, rows in self.tables():
-            names = [str(h).lower() for h in header]
+            names = [_column_key(h) for h in header]
             plotted = [i for i, h in enumerate(names) if h in wanted]
-            if not plotted:
-                continue
             total_index = next((names.index(t) for t in _TOTAL_COLUMNS if t in names), None)
             for index in plotted:
-                numeric = [r for r in rows if _is_number(r[index])]
-                if not numeric:
-                    continue
-                labels = ["/".join(str(c) for c in r[: plotted[0]] if isinstance(c, str)) or str(n)
-                          for n, r in enumerate(numeric)]  # fmt: skip
-                totals = None
-                if names[index] == "kept filters" and total_index is not None:
-                    totals = [float(r[total_index]) if _is_number(r[total_index]) else None for r in numeric]
-                panels.append(
-                    {
-                        "title": f"{algorithm}: {table}",
-                        "column": header[index],
-                        "labels": labels,
-                        "values": [float(r[index]) for r in numeric],
-                        "totals": totals,
-                    }
-                )
+                labels, values, totals = [], [], []
+                for row in rows:
+                    value, total = _number_and_total(row[index])
+                    if value is None:
+                        continue
+                    if total is None and total_index is not None:
+                        total = _number_and_total(row[total_index])[0]
+                    text = [str(c) for c in row[: plotted[0]] if isinstance(c, str)]
+                    labels.append("/".join(text) or str(len(labels)))
+                    values.append(value)
+                    totals.append(total)
+                if values:
+                    panels.append(
+                        {
+                            "title": f"{algorithm}: {table}",
+                            "column": header[index],
+                            "labels": labels,
+                            "values": values,
+                            "totals": totals if any(t is not None for t in totals) else None,
+                        }
+                    )
         return panels
 
     def plot(self, path, columns=PLOT_COLUMNS, dpi=100):
@@ -196,17 +201,29 @@ class CompressionStatistics:
             ax.invert_yaxis()
             ax.set_title(f"{panel['title']}: {panel['column']}", fontsize=9, loc="left")
             ax.tick_params(axis="x", labelsize=7)
-            if str(panel["column"]).lower() == "sparsity":
+            if _column_key(panel["column"]) == "sparsity":
                 ax.set_xlim(0, 1)
-            elif str(panel["column"]).lower() == "bits":
+            elif _column_key(panel["column"]) == "bits":
                 ax.set_xlim(0, max(8, max(panel["values"])))
             if panel["totals"] is not None:
-                ax.legend(fontsize=7, loc="lower right")
+                ax.legend(fontsize=7, loc="lower right", bbox_to_anchor=(1, 1), ncols=2, frameon=False)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path, dpi=dpi, format="png")
         return path
 
 
-def _is_number(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+def _column_key(name):
+    key = " ".join(str(name).lower().split())
+    return "kept filters" if key == "filters kept" else key
+
+
+def _number_and_total(cell):
+    """`(value, total)` of a table cell: a number gives `(x, None)`, `"k/n"` gives `(k, n)`."""
+    if isinstance(cell, numbers.Real) and not isinstance(cell, bool):
+        return float(cell), None
+    if isinstance(cell, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)\s*", cell)
+        if match:
+            return float(match.group(1)), float(match.group(2))
+    return None, None
