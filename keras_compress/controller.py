@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from keras_compress.quantization.range_init import iterate_batches
+from keras_compress.quantization.range_init import iterate_batches, one_shot_replay
 from keras_compress.statistics import CompressionStatistics
 
 __all__ = ["CompressionController", "build_algorithms"]
@@ -120,9 +120,14 @@ class CompressionController:
         Order: weight ranges from the weights; BatchNorm adaptation (activation quantizers
         pass through, weights quantized), then activation range init.
         """
-        from keras_compress.quantization.bn_adaptation import adapt_batchnorm
+        from keras_compress.quantization.bn_adaptation import adapt_batchnorm, batchnorm_layers
 
         quantization = self.algorithm("quantization")
+        needed = [self._bn_adaptation_samples()]
+        if quantization is not None:
+            needed += [quantization.num_init_samples(), getattr(quantization.precision, "num_data_points", 0)]
+        # Each initializer reads the data from the start: a generator is read once, up to what they use.
+        dataset = one_shot_replay(dataset, max(needed))
         if quantization is not None:
             if self.original_model is not None:
                 quantization.initialize_precision(
@@ -137,7 +142,13 @@ class CompressionController:
             try:
                 if verbose:
                     logger.info("BatchNorm adaptation on %d samples", num_bn)
-                adapt_batchnorm(self.model, iterate_batches(dataset), num_bn, verbose=verbose)
+                seen = adapt_batchnorm(self.model, iterate_batches(dataset), num_bn, verbose=verbose)
+                if seen == 0 and batchnorm_layers(self.model):
+                    raise ValueError(
+                        "Calibration data must hold at least one batch for BatchNorm adaptation. "
+                        "Received: `dataset` yielded no batches (it is empty, or an iterator that "
+                        "was already read to the end)."
+                    )
             finally:
                 for layer in quantizers:
                     layer.enabled = True

@@ -206,10 +206,14 @@ def compress(model, config, dataset=None):
     """
     from keras_compress.config import load_config
     from keras_compress.controller import CompressionController, build_algorithms
+    from keras_compress.quantization.range_init import check_calibration_data
 
     cfg = load_config(config)
     input_shape = tuple(cfg.input_info[0].sample_size[1:]) if cfg.input_info else None
     functional = as_functional(model, input_shape)
+    # Bad input fails here, before anything is cloned or run.
+    if dataset is not None:
+        check_calibration_data(functional, dataset)
     algorithms = build_algorithms(cfg)
 
     def wrap_fn(original, fresh, path):

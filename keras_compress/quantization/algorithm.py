@@ -280,7 +280,10 @@ class QuantizationAlgorithm:
                 layer.observer = None
                 layer.enabled = True
         if seen == 0:
-            raise ValueError("Range initialization got no samples: `dataset` yielded no batches.")
+            raise ValueError(
+                "Calibration data must hold at least one batch for range initialization. Received: "
+                "`dataset` yielded no batches (it is empty, or an iterator that was already read to the end)."
+            )
         for layer in layers:
             low, high = collectors[layer.name].result()
             layer.quantizer.set_range(low, high)

@@ -20,7 +20,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["RANGE_TYPES", "RangeCollector", "iterate_batches", "run_batches"]
+__all__ = [
+    "RANGE_TYPES",
+    "RangeCollector",
+    "check_calibration_batch",
+    "check_calibration_data",
+    "iterate_batches",
+    "one_shot_replay",
+    "run_batches",
+]
 
 RANGE_TYPES = (
     "min_max",
@@ -173,6 +181,164 @@ def iterate_batches(dataset, batch_size=32):
         yield to_numpy(_first(element))
 
 
+def _input_specs(model):
+    """`[(name, shape, dtype)]` of the model's inputs, in `model.inputs` order."""
+    return [(t.name, tuple(t.shape), str(t.dtype)) for t in model.inputs]
+
+
+def _match_inputs(specs, x):
+    """Pairs each model input spec with its part of `x`: by name for a dict, else by position."""
+    import keras
+
+    if isinstance(x, dict):
+        missing = [name for name, _, _ in specs if name not in x]
+        if missing:
+            raise ValueError(
+                f"Calibration data must give every model input by name {[n for n, _, _ in specs]}. "
+                f"Received: a dict with keys {sorted(map(str, x))}, missing {missing}."
+            )
+        return [(spec, x[spec[0]]) for spec in specs]
+    leaves = keras.tree.flatten(x)
+    if len(leaves) != len(specs):
+        raise ValueError(
+            f"Calibration data must give one array per model input: the model has {len(specs)} "
+            f"input(s) {[n for n, _, _ in specs]}. Received: {len(leaves)} array(s)."
+        )
+    return list(zip(specs, leaves))
+
+
+def _check_part(spec, shape, dtype, where):
+    name, expected, expected_dtype = spec
+    shape = tuple(None if d is None else int(d) for d in shape)
+    fits = len(shape) == len(expected) and all(
+        e is None or d is None or e == d for e, d in zip(expected, shape)
+    )
+    if not fits:
+        hint = ""
+        if len(shape) == len(expected) - 1 and all(
+            e is None or d is None or e == d for e, d in zip(expected[1:], shape)
+        ):
+            hint = (" It looks like single samples without the batch axis: batch the data "
+                    "(for a tf.data.Dataset, `dataset.batch(32)`).")  # fmt: skip
+        raise ValueError(
+            f"Calibration data must match the model's inputs: input {name!r} expects shape "
+            f"{expected} (batch first). Received: shape {shape}{where}.{hint}"
+        )
+    dtype = getattr(dtype, "as_numpy_dtype", dtype)  # a tf.DType
+    kind = "S" if dtype == "string" else np.dtype(dtype).kind
+    if kind not in "biuf" and "float" in expected_dtype:
+        raise ValueError(
+            f"Calibration data must be numeric: input {name!r} expects {expected_dtype}. "
+            f"Received: dtype {dtype}{where}."
+        )
+
+
+def check_calibration_data(model, dataset):
+    """Checks calibration data against the model's inputs before anything is run or cloned.
+
+    In-memory arrays are checked for emptiness, structure, shapes and dtypes; a
+    `tf.data.Dataset` by its `element_spec` (and a known cardinality of 0). Other iterables are
+    checked batch by batch as they are read (`check_calibration_batch`).
+
+    Args:
+        model: the model the data is for (Functional).
+        dataset: calibration data, as accepted by `iterate_batches`.
+
+    Raises:
+        ValueError: naming the input, the expected shape and what was received.
+    """
+    import keras
+    import tensorflow as tf
+
+    specs = _input_specs(model)
+    if isinstance(dataset, tf.data.Dataset):
+        if int(dataset.cardinality()) == 0:
+            raise ValueError("Calibration data must not be empty. Received: a tf.data.Dataset with no elements.")
+        for spec, part in _match_inputs(specs, _first(dataset.element_spec)):
+            if isinstance(part, tf.TensorSpec):
+                _check_part(spec, tuple(part.shape), part.dtype, " (tf.data element_spec)")
+        return
+    leaves = keras.tree.flatten(dataset) if isinstance(dataset, (tuple, list, dict)) else []
+    arrays = bool(leaves) and all(isinstance(a, (np.ndarray, tf.Tensor)) for a in leaves)
+    if isinstance(dataset, (np.ndarray, tf.Tensor)) or arrays:
+        x = _first(dataset) if isinstance(dataset, tuple) else dataset
+        if any(len(a.shape) == 0 or a.shape[0] == 0 for a in keras.tree.flatten(x)):
+            raise ValueError(
+                "Calibration data must hold at least one sample (the first axis is the batch). "
+                f"Received: arrays of shapes {[tuple(a.shape) for a in keras.tree.flatten(x)]}."
+            )
+        for spec, part in _match_inputs(specs, x):
+            _check_part(spec, tuple(part.shape), part.dtype, "")
+    elif isinstance(dataset, (list, tuple)) and not dataset:
+        raise ValueError("Calibration data must not be empty. Received: an empty list.")
+    elif not hasattr(dataset, "__iter__") and not isinstance(dataset, keras.utils.PyDataset):
+        list(iterate_batches(dataset))  # raises the error that names the accepted kinds
+
+
+def check_calibration_batch(model_or_specs, x, step=0):
+    """Checks one calibration batch: structure, shapes and dtypes, and that it is finite.
+
+    NaN or Inf in calibration data is an error: BatchNorm adaptation would turn the moving
+    statistics into NaN, and a range computed around them means nothing.
+
+    Args:
+        model_or_specs: the model (or its `_input_specs`).
+        x: the input batch.
+        step: the batch number, for the message.
+
+    Raises:
+        ValueError: naming the input and the batch.
+    """
+    specs = model_or_specs if isinstance(model_or_specs, list) else _input_specs(model_or_specs)
+    where = f" in calibration batch {step}"
+    for spec, part in _match_inputs(specs, x):
+        part = np.asarray(part)
+        _check_part(spec, part.shape, part.dtype, where)
+        if part.dtype.kind == "f":
+            bad = int(part.size - np.count_nonzero(np.isfinite(part)))
+            if bad:
+                raise ValueError(
+                    "Calibration data must be finite (NaN/Inf would corrupt BatchNorm adaptation and "
+                    f"quantizer ranges). Received: {bad} NaN/Inf value(s) in input {spec[0]!r}{where}. "
+                    "Clean the data (for example `np.nan_to_num`) or drop those samples."
+                )
+
+
+class _Replay:
+    """Elements read once from a one-shot iterator, iterable any number of times."""
+
+    def __init__(self, elements):
+        self.elements = elements
+
+    def __iter__(self):
+        return iter(self.elements)
+
+
+def one_shot_replay(dataset, num_samples):
+    """`dataset` itself, or for a one-shot iterator (a generator) its first elements up to
+    `num_samples` samples, kept so that each initializer can read them from the start.
+
+    Example:
+        >>> batches = one_shot_replay((np.zeros((4, 2)) for _ in range(3)), 6)
+        >>> len(list(batches)), len(list(batches))
+        (2, 2)
+    """
+    import keras
+
+    try:
+        if iter(dataset) is not dataset:
+            return dataset
+    except TypeError:
+        return dataset  # not iterable: `iterate_batches` says what is wrong
+    elements, seen = [], 0
+    for element in dataset:
+        if seen >= num_samples:
+            break
+        elements.append(element)
+        seen += _num_samples(keras.tree.map_structure(np.asarray, _first(element)))
+    return _Replay(elements)
+
+
 def run_batches(model, batches, num_samples, training=False, before_step=None, verbose=1):
     """Runs `model` eagerly on batches until `num_samples` samples, with a Keras progress bar.
 
@@ -186,12 +352,18 @@ def run_batches(model, batches, num_samples, training=False, before_step=None, v
 
     Returns:
         The number of samples used.
+
+    Raises:
+        ValueError: when a batch does not fit the model's inputs or holds NaN/Inf
+            (`check_calibration_batch`).
     """
     import keras
 
     progress = keras.utils.Progbar(num_samples, verbose=verbose, unit_name="sample")
+    specs = _input_specs(model)
     seen = 0
     for step, x in enumerate(batches):
+        check_calibration_batch(specs, x, step)
         if before_step is not None:
             before_step(step)
         model(x, training=training)
