@@ -12,6 +12,7 @@ import keras
 from keras import ops
 
 __all__ = [
+    "LAMBDA_REASON",
     "CompressibleLayerSpec",
     "COMPRESSIBLE_LAYERS",
     "compressible_spec",
@@ -177,6 +178,11 @@ def compressible_spec(layer):
         if spec is not None:
             return spec if type(layer).call is cls.call else None
     return None
+
+
+#: Why a Lambda layer is listed in `ctrl.statistics().skipped()` (it has no weights to compress,
+#: but its Python function may compute what the user meant to compress).
+LAMBDA_REASON = "Lambda layer: its Python function is left as it is (not quantized or sparsified)"
 
 
 def unsupported_reason(layer):

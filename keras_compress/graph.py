@@ -31,7 +31,13 @@ def iter_layers(model, wrappers=True):
 
 
 def fresh_copy(layer):
-    """A new, unbuilt layer (or operation) with the same config."""
+    """A new, unbuilt layer (or operation) with the same config.
+
+    A `Lambda` layer is returned as it is (shared): it holds no weights, and Keras refuses to
+    re-create a Python lambda from its config outside `safe_mode=False`.
+    """
+    if isinstance(layer, keras.layers.Lambda):
+        return layer
     return layer.__class__.from_config(layer.get_config())
 
 

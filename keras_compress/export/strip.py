@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from keras_compress.graph import fresh_copy
 from keras_compress.wrapper import WeightsWrapper
 
 __all__ = ["strip_model"]
@@ -24,7 +25,7 @@ def strip_model(model, algorithms=()):
     Returns:
         A new `keras.Model`.
     """
-    copy = keras.models.clone_model(model)
+    copy = keras.models.clone_model(model, clone_function=fresh_copy, recursive=True)
     copy.set_weights(model.get_weights())
     stripped = keras.models.clone_model(
         copy,

@@ -9,7 +9,7 @@ import types
 import keras
 import numpy as np
 
-from keras_compress.compressible import compressible_spec, unsupported_reason
+from keras_compress.compressible import LAMBDA_REASON, compressible_spec, unsupported_reason
 from keras_compress.graph import iter_layers
 from keras_compress.quantization.fake_quantize import FakeQuantize
 from keras_compress.quantization.placement import (
@@ -70,6 +70,8 @@ class QuantizationAlgorithm:
     def selects_weights(self, layer, path=""):
         """Whether `layer`'s weights get quantized; records the reason when they do not."""
         if not layer.weights or isinstance(layer, keras.Model):
+            if isinstance(layer, keras.layers.Lambda):
+                self.skipped[f"{path}{layer.name}"] = LAMBDA_REASON
             return False  # nested models are transformed layer by layer
         names = self._names(layer, path)
         spec = compressible_spec(layer)

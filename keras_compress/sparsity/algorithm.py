@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_compress.compressible import compressible_spec, unsupported_reason
+from keras_compress.compressible import LAMBDA_REASON, compressible_spec, unsupported_reason
 from keras_compress.graph import iter_layers
 from keras_compress.schedules import AdaptiveSchedule, sparsity_schedule
 from keras_compress.sparsity.functions import magnitude_masks, sparsity_level
@@ -43,6 +43,8 @@ class _SparsityAlgorithm:
     # ----------------------------------------------------------------- selection
     def selects(self, layer, path=""):
         if not layer.weights or isinstance(layer, keras.Model):
+            if isinstance(layer, keras.layers.Lambda):
+                self.skipped[f"{path}{layer.name}"] = LAMBDA_REASON
             return False
         names = [layer.name, f"{path}{layer.name}"]
         spec = compressible_spec(layer)
