@@ -206,7 +206,10 @@ def compress(model, config, dataset=None):
     """
     from keras_compress.config import load_config
     from keras_compress.controller import CompressionController, build_algorithms
+    from keras_compress.graph import iter_layers
+    from keras_compress.quantization.fake_quantize import FakeQuantize
     from keras_compress.quantization.range_init import check_calibration_data
+    from keras_compress.wrapper import WeightsWrapper
 
     cfg = load_config(config)
     input_shape = tuple(cfg.input_info[0].sample_size[1:]) if cfg.input_info else None
@@ -227,6 +230,18 @@ def compress(model, config, dataset=None):
     factory = planners[0].make_layer if planners else None
     compressed, pairs = transform_model(functional, wrap_fn, planner, factory)
     controller = CompressionController(compressed, cfg, algorithms, pairs, original_model=model)
+    if algorithms and not any(isinstance(layer, WeightsWrapper) for layer in iter_layers(compressed)):
+        skipped = controller.statistics().skipped()
+        quantizers = any(isinstance(layer, FakeQuantize) for layer in iter_layers(compressed))
+        logger.warning(
+            "kc.compress found no layer to compress in model %r: no layer has weights that %s can "
+            "compress (Conv*, DepthwiseConv*, SeparableConv*, Conv*Transpose, Dense, EinsumDense; "
+            "Embedding for sparsity). The returned model computes what the original does%s.%s",
+            model.name,
+            " / ".join(a.name for a in algorithms),
+            " (plus activation quantizers)" if quantizers else "",
+            f" Left as they are: {skipped}" if skipped else "",
+        )
     if dataset is not None:
         controller.initialize(dataset)
     elif controller.needs_data():
