@@ -197,6 +197,18 @@ def compress(model, config, dataset=None):
         `(compressed_model, controller)`: a `keras.Model` to compile and fit as usual, and the
         `CompressionController` that gives its callbacks, statistics and `strip()`.
 
+    Raises:
+        ConfigError: for a bad config, and for an exact layer name in `ignored_scopes` or
+            `target_scopes` that is not a layer of the model.
+        ValueError: for calibration data that is empty, does not fit the model's inputs (the
+            message names the input and both shapes), is not numeric or holds NaN/Inf; for a
+            subclassed model or a Sequential model without an input shape.
+        TypeError: when `model` is not a `keras.Model`.
+
+    A model in which no layer can be compressed is returned as a working clone, with a logged
+    warning; Lambda and unsupported layers are left as they are and listed in
+    `ctrl.statistics().skipped()`.
+
     Example:
         ```python
         compressed, ctrl = kc.compress(model, "configs/int8.json", dataset=(x_train, y_train))
@@ -217,6 +229,7 @@ def compress(model, config, dataset=None):
     # Bad input fails here, before anything is cloned or run.
     if dataset is not None:
         check_calibration_data(functional, dataset)
+    _check_scopes(functional, cfg)
     algorithms = build_algorithms(cfg)
 
     def wrap_fn(original, fresh, path):
@@ -250,3 +263,50 @@ def compress(model, config, dataset=None):
             "skipped. Pass calibration data for accurate initialization."
         )
     return compressed, controller
+
+
+def _check_scopes(model, config):
+    """Raises `ConfigError` for an exact layer name in `ignored_scopes`/`target_scopes` that is not
+    a layer of `model` (a misspelt scope would otherwise silently select nothing).
+
+    `{re}` patterns are not checked (one pattern often serves a family of models), nor sections
+    or groups with `validate_scopes: false`.
+    """
+    import difflib
+
+    from keras_compress.config import ConfigError
+
+    names = set()
+
+    def collect(m, path):
+        for layer in m.layers:
+            names.update((layer.name, f"{path}{layer.name}"))
+            if isinstance(layer, keras.Model):
+                collect(layer, f"{path}{layer.name}/")
+
+    collect(model, "")
+    problems = []
+    for index, section in enumerate(config.compression):
+        where = "compression" if len(config.compression) == 1 else f"compression[{index}]"
+        groups = [(where, section)] + [
+            (f"{where}.{group}", getattr(section, group))
+            for group in ("weights", "activations")
+            if hasattr(getattr(section, group, None), "validate_scopes")
+        ]
+        for path, group in groups:
+            if not (section.validate_scopes and group.validate_scopes):
+                continue
+            for key in ("ignored_scopes", "target_scopes"):
+                for scope in getattr(group, key):
+                    if scope.startswith("{re}") or scope in names:
+                        continue
+                    close = difflib.get_close_matches(scope, sorted(names), n=1, cutoff=0.6)
+                    problems.append((
+                        f"{path}.{key}",
+                        f"'{scope}' is not the name of a layer of model '{model.name}'"
+                        + (f"; did you mean '{close[0]}'?" if close else "")
+                        + " (a `{re}` prefix makes it a regular expression; `validate_scopes: false` "
+                        "accepts names that match nothing)",
+                    ))  # fmt: skip
+    if problems:
+        raise ConfigError(problems)
