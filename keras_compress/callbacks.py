@@ -29,7 +29,9 @@ class CompressionScheduleCallback(keras.callbacks.Callback):
         self.controller.on_epoch_begin(epoch)
 
     def on_train_batch_begin(self, batch, logs=None):
-        self.controller.on_train_batch_begin(int(self.model.optimizer.iterations))
+        # convert_to_numpy, not int(): under tf.distribute the step is a MirroredVariable.
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        self.controller.on_train_batch_begin(step)
 
 
 class CompressionStatisticsCallback(keras.callbacks.Callback):
