@@ -245,8 +245,8 @@ class FilterPruningAlgorithm:
             "params": params,
             "full_params": full_params,
         }
-        if self.flops_mode and self.filter_level is not None:
-            figures["filter_level"] = self.filter_level
+        if self.flops_mode:
+            figures["filter_level"] = float(self.filter_level or 0.0)
         header = ["layer", "filters kept", "params full", "params now", "FLOPs full", "FLOPs now"]
         return {"figures": figures, "filters": (header, rows), "skipped": dict(analysis.skipped)}
 
