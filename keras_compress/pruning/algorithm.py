@@ -8,7 +8,6 @@ import keras
 import numpy as np
 
 from keras_compress.compressible import compressible_spec, unsupported_reason
-from keras_compress.graph import iter_layers
 from keras_compress.pruning.flops import model_costs, total_cost
 from keras_compress.pruning.groups import analyze_channels
 from keras_compress.pruning.importance import FILTER_IMPORTANCE_FUNCTIONS, l2_normalized
@@ -83,23 +82,9 @@ class FilterPruningAlgorithm:
     def analysis(self, model):
         """The `ChannelAnalysis` of `model` under this config (cached for the last model)."""
         if self._cache[0] is not model:
-            self._validate_scopes(model)
             analysis = analyze_channels(model, self.source_reason, _consumer_reason)
             self._cache = (model, analysis)
         return self._cache[1]
-
-    def _validate_scopes(self, model):
-        cfg = self.config
-        if not cfg.validate_scopes:
-            return
-        names = [layer.name for layer in iter_layers(model)]
-        for key in ("ignored_scopes", "target_scopes"):
-            missing = [s for s in getattr(cfg, key) if not any(matches_scope(n, [s]) for n in names)]
-            if missing:
-                raise ValueError(
-                    f"filter_pruning `{key}` must name layers of the model (or set "
-                    f"`validate_scopes: false`). Received scopes that match no layer: {missing}"
-                )
 
     # ----------------------------------------------------------------- masks
     def set_pruning_level(self, model, level):

@@ -23,6 +23,7 @@ import numpy as np
 
 from keras_compress.compressible import compressible_spec
 from keras_compress.graph import trace_graph
+from keras_compress.pruning.wrapper import kernel_axes
 from keras_compress.quantization.fake_quantize import FakeQuantize
 from keras_compress.transform import as_functional
 from keras_compress.wrapper import unwrap
@@ -279,6 +280,9 @@ class _Builder:
 
     def consumer(self, call, layer, base, name, kind, layout, shapes):
         reason = self.consumer_reason(layer)
+        rows = base.kernel.shape[kernel_axes(kind)[1]]
+        if reason is None and rows != layout.size:
+            reason = f"{name!r} has {rows} input channels where {layout.size} were expected"
         if reason is not None:
             self.block([layout], reason)
         positions = _positions(shapes[0])
