@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -99,10 +100,30 @@ def section_pruning(quick):
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if result.returncode != 0:
         return f"`benchmarks/pruning_speed.py` failed (exit {result.returncode}):\n\n```\n{result.stderr[-3000:]}\n```"
-    out = result.stdout.strip()
-    if out.lstrip().startswith(("|", "#")):  # already Markdown
-        return f"Output of `python benchmarks/pruning_speed.py{' --quick' if quick else ''}`:\n\n{out}"
-    return f"Output of `python benchmarks/pruning_speed.py{' --quick' if quick else ''}`:\n\n```\n{out}\n```"
+    return f"Output of `python benchmarks/pruning_speed.py{' --quick' if quick else ''}`:\n\n" + text_to_markdown(
+        result.stdout
+    )
+
+
+def text_to_markdown(text):
+    """Plain-text script output to Markdown: `format_table` tables become Markdown tables,
+    `## ` headings become `### `, progress bars and terminal colours are dropped."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).rstrip() for line in text.splitlines()]
+    lines = [line for line in lines if "━" not in line]
+    out, i = [], 0
+    while i < len(lines):
+        line = lines[i]
+        if i + 1 < len(lines) and " | " in line and re.fullmatch(r"-+(\+-+)+", lines[i + 1]):
+            header = [c.strip() for c in line.split(" | ")]
+            rows, i = [], i + 2
+            while i < len(lines) and " | " in lines[i]:
+                rows.append([c.strip() for c in lines[i].split(" | ")])
+                i += 1
+            out += ["", md_table(header, rows), ""]
+            continue
+        out.append("#" + line if line.startswith("## ") else line)
+        i += 1
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip()
 
 
 def section_sparsity(quick):
@@ -205,7 +226,7 @@ def section_memory(quick):
     import json
 
     rows = []
-    for samples in (64,) if quick else (64, 256):
+    for samples in (32,) if quick else (32, 64):
         result = subprocess.run(
             [sys.executable, "-c", MEMORY_CHILD, str(samples)], capture_output=True, text=True, cwd=ROOT
         )
@@ -283,7 +304,7 @@ def page(sections, quick, texts, seconds):
         "",
     ]
     for name in sections:
-        lines += [f"## {TITLES[name]}", "", texts[name], ""]
+        lines += [f"## {TITLES[name]} {{#{name}}}", "", texts[name], ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
