@@ -12,6 +12,7 @@ from keras import layers as L  # noqa: E402
 
 import keras_compress as kc  # noqa: E402
 from keras_compress.benchmark import compile_ir, runtime_precisions  # noqa: E402
+from keras_compress.config import load_config  # noqa: E402
 from keras_compress.export.strip import strip_model  # noqa: E402
 from keras_compress.pruning import (  # noqa: E402
     FILTER_IMPORTANCE_FUNCTIONS,
@@ -400,6 +401,17 @@ def test_surgery_removes_filters_and_keeps_the_outputs(importance):
     assert figures["filter_pruning/full_params"] == model.count_params()
 
 
+@pytest.mark.parametrize("name", ["pruning.json", "pruning_int8.json"])
+def test_packaged_pruning_configs_compress_a_model(name):
+    from importlib import resources
+
+    config = load_config(resources.files("keras_compress") / "configs" / name)
+    config.input_info = None
+    compressed, ctrl = kc.compress(small_resnet(), config)
+    figures = ctrl.statistics().figures()
+    assert 0.0 < figures["filter_pruning/pruning_level"] < 0.5
+
+
 def test_nothing_pruned_gives_the_model_back():
     model = graph_model()
     compressed, ctrl = kc.compress(model, pruning_config(pruning_target=0.0))
@@ -419,6 +431,24 @@ def test_surgery_works_on_a_sequential_model():
     assert relative_error(small.predict(x, verbose=0), compressed.predict(x, verbose=0)) < 1e-5
     assert unwrap(small.get_layer("c2")).kernel.shape == (3, 3, 8, 8)
     assert unwrap(small.get_layer("fc")).kernel.shape == (8, 3)
+
+
+def test_surgery_on_conv1d_conv3d_and_a_dense_only_model():
+    for conv, pool, shape in [(L.Conv1D, L.GlobalAveragePooling1D, (12, 4)), (L.Conv3D, L.MaxPooling3D, (4, 4, 4, 2))]:
+        x = keras.Input(shape)
+        y = conv(16, 3, padding="same", name="c1")(x)
+        y = conv(32, 1, name="c2", activation="relu")(L.BatchNormalization()(y))
+        y = pool()(conv(8, 1, name="c3")(y))
+        model = keras.Model(x, L.Dense(2)(L.Flatten()(y)))
+        compressed, ctrl = kc.compress(model, pruning_config(pruning_target=0.5, prune_first_conv=True))
+        inputs = data((3, *shape))
+        small = ctrl.strip()
+        assert relative_error(np.asarray(small(inputs)), np.asarray(compressed(inputs))) < 1e-5
+        assert unwrap(small.get_layer("c2")).kernel.shape[-2:] == (8, 16)
+    dense = keras.Sequential([keras.Input((5,)), L.Dense(16, activation="relu"), L.Dense(3)])
+    compressed, ctrl = kc.compress(dense, pruning_config(pruning_target=0.5))
+    assert ctrl.statistics().figures()["filter_pruning/pruned_filters"] == 0
+    assert ctrl.strip().count_params() == dense.count_params()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -525,6 +555,24 @@ def test_pruning_and_quantization_fit_export_and_run_int8(tmp_path):
     assert ctrl.statistics().figures()["filter_pruning/pruned_filters"] > 0
     counts = check_pruned_int8(model, compressed, x, tmp_path)
     assert counts[("Convolution", "u8")] + counts[("Convolution", "i8")] == 12
+
+
+def test_concatenate_parts_stay_prunable_behind_a_shared_fake_quantizer():
+    model = graph_model()
+    x = data((16, 8, 8, 3))
+    config = {"compression": [
+        pruning_config(pruning_target=0.5)["compression"],
+        {"algorithm": "quantization",
+         "initializer": {"range": {"num_init_samples": 16}, "batchnorm_adaptation": {"num_bn_adaptation_samples": 0}}},
+    ]}  # fmt: skip
+    compressed, ctrl = kc.compress(model, config, dataset=x)
+    shared = [layer for layer in compressed.layers if isinstance(layer, kc.FakeQuantize) and "cat" in layer.name]
+    assert shared  # one quantizer for both Concatenate inputs
+    analysis = ctrl.algorithm("filter_pruning").analysis(compressed)
+    assert {tuple(g.sources) for g in analysis.prunable_groups} == {("b", "c"), ("e",), ("f",)}
+    small = ctrl.strip()
+    np.testing.assert_allclose(np.asarray(small(x)), np.asarray(strip_model(compressed)(x)), rtol=1e-4, atol=1e-5)
+    assert unwrap(small.get_layer("g")).kernel.shape[2] == 16
 
 
 def test_per_channel_weight_quantizer_ranges_are_sliced_with_the_filters():

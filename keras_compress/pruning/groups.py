@@ -244,6 +244,8 @@ class _Builder:
             self.block(ins, f"input of nested model {name!r}")
             self.walk(as_functional(base), f"{name}/", input_origin=_origin(self, ins))
             return self.fixed(ins, shapes, f"output of nested model {name!r}")
+        if _is_channelwise(base):  # a shared fake quantizer (Concatenate inputs) included
+            return [ins[0]]
         if shared and base.weights:
             self.block(ins, f"input of shared layer {name!r}")
             self.other(name, layer)
@@ -258,8 +260,6 @@ class _Builder:
             return [ins[0]]
         if isinstance(base, keras.layers.BatchNormalization) and _is_last_axis(base.axis, shapes[0]):
             self.uses.append(LayerUse(name, layer, "batchnorm", ins[0], ins[0]))
-            return [ins[0]]
-        if _is_channelwise(base):
             return [ins[0]]
         if isinstance(base, keras.layers.Flatten) and not channels_first:
             return [self.flatten(layer, ins[0], name)]
