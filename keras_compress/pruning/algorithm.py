@@ -50,7 +50,8 @@ class FilterPruningAlgorithm:
         params = config.params
         self.flops_mode = params.pruning_flops_target is not None
         target = params.pruning_flops_target if self.flops_mode else params.pruning_target
-        self.schedule = pruning_schedule(params.model_copy(update={"pruning_target": target}), config.pruning_init)
+        scheduled = params.model_copy(update={"pruning_target": target})
+        self.schedule = pruning_schedule(scheduled, config.pruning_init)
         self.importance = FILTER_IMPORTANCE_FUNCTIONS[params.filter_importance]
         self.level = None  # the level the masks were last set for (a FLOPs share in FLOPs mode)
         self.filter_level = None  # the uniform filter level found in FLOPs mode
@@ -71,7 +72,8 @@ class FilterPruningAlgorithm:
         """Why a convolution's filters are not pruned under this config, or None."""
         cfg, params = self.config, self.config.params
         names = [layer.name, name]
-        if matches_scope(names, cfg.ignored_scopes) or (cfg.target_scopes and not matches_scope(names, cfg.target_scopes)):
+        ignored = matches_scope(names, cfg.ignored_scopes)
+        if ignored or (cfg.target_scopes and not matches_scope(names, cfg.target_scopes)):
             return "excluded by scopes"
         if first and not params.prune_first_conv:
             return "first convolution (prune_first_conv is false)"
@@ -95,32 +97,35 @@ class FilterPruningAlgorithm:
         """
         analysis = self.analysis(model)
         groups = analysis.prunable_groups
-        importances = [self._group_importance(analysis, g) for g in groups]
-        sizes = [g.channels for g in groups]
-        params = self.config.params
-        if level <= 0 or not groups:
-            masks = [np.ones(n, bool) for n in sizes]
-        elif params.all_weights:
-            order = global_order(importances, PRUNING_QUOTA)
-            if self.flops_mode:
-                count, reached = find_global_count(
-                    lambda k: self._removed(analysis, groups, masks_from_order(sizes, order, k)), level, len(order)
-                )
-                self._warn_unreached(reached, level)
-            else:
-                count = int(level * sum(sizes))
-            masks = masks_from_order(sizes, order, min(count, len(order)))
-        elif self.flops_mode:
-            filter_level, reached = find_uniform_level(
-                lambda p: self._removed(analysis, groups, uniform_masks(importances, p)), level
-            )
-            self._warn_unreached(reached, level)
-            self.filter_level = filter_level
-            masks = uniform_masks(importances, filter_level)
+        if level > 0 and groups:
+            masks = self._select(analysis, groups, level)
         else:
-            masks = uniform_masks(importances, level)
+            masks, self.filter_level = [np.ones(g.channels, bool) for g in groups], 0.0
         self._assign(analysis, {g.index: m for g, m in zip(groups, masks)})
         self.level = float(level)
+
+    def _select(self, analysis, groups, level):
+        """Keep-masks of `groups` for `level` under this config."""
+        importances = [self._group_importance(analysis, g) for g in groups]
+        sizes = [g.channels for g in groups]
+
+        def removed(masks):
+            return self._removed(analysis, groups, masks)
+
+        if self.config.params.all_weights:
+            order = global_order(importances, PRUNING_QUOTA)
+            if not self.flops_mode:
+                return masks_from_order(sizes, order, min(int(level * sum(sizes)), len(order)))
+            count, reached = find_global_count(
+                lambda k: removed(masks_from_order(sizes, order, k)), level, len(order)
+            )
+            self._warn_unreached(reached, level)
+            return masks_from_order(sizes, order, count)
+        if not self.flops_mode:
+            return uniform_masks(importances, level)
+        self.filter_level, reached = find_uniform_level(lambda p: removed(uniform_masks(importances, p)), level)
+        self._warn_unreached(reached, level)
+        return uniform_masks(importances, self.filter_level)
 
     def _group_importance(self, analysis, group):
         total = np.zeros(group.channels)
@@ -151,8 +156,9 @@ class FilterPruningAlgorithm:
                 _pruning_wrapper(use.layer).filter_mask.assign(mask)
         for use in analysis.uses:
             wrapper = _pruning_wrapper(use.layer)
-            if wrapper is not None and use.inputs is not None and use.inputs.size == wrapper.input_mask.shape[0]:
-                wrapper.input_mask.assign(analysis.channel_mask(use.inputs, masks).astype("float32"))
+            if wrapper is None or use.inputs is None or use.inputs.size != wrapper.input_mask.shape[0]:
+                continue  # (a size mismatch blocks the layout's groups in the analysis)
+            wrapper.input_mask.assign(analysis.channel_mask(use.inputs, masks).astype("float32"))
 
     def current_masks(self, model):
         """`{group index: keep mask}` read from the filter masks of the group's convolutions."""

@@ -211,10 +211,14 @@ class _Builder:
             for space, _ in layout.parts:
                 self.blocked.setdefault(space, reason)
 
+    def origin(self, layouts):
+        """"input" when every channel of `layouts` comes from model inputs only, else "other"."""
+        spaces = [s for layout in layouts for s, _ in layout.parts]
+        return "input" if spaces and all(self.spaces[s].origin == "input" for s in spaces) else "other"
+
     def fixed(self, layouts, shapes, note):
         """New non-prunable spaces for outputs of a layer nothing can be pruned through."""
-        spaces = [s for layout in layouts for s, _ in layout.parts]
-        origin = "input" if spaces and all(self.spaces[s].origin == "input" for s in spaces) else "other"
+        origin = self.origin(layouts)
         return [self.new(_channels(shape), origin, note=note) for shape in shapes]
 
     # ------------------------------------------------------------------ graph walk
@@ -242,7 +246,7 @@ class _Builder:
         cls = type(base).__name__
         if isinstance(base, keras.Model):
             self.block(ins, f"input of nested model {name!r}")
-            self.walk(as_functional(base), f"{name}/", input_origin=_origin(self, ins))
+            self.walk(as_functional(base), f"{name}/", input_origin=self.origin(ins))
             return self.fixed(ins, shapes, f"output of nested model {name!r}")
         if _is_channelwise(base):  # a shared fake quantizer (Concatenate inputs) included
             return [ins[0]]
@@ -254,7 +258,7 @@ class _Builder:
         kind = spec.kind if spec is not None else None
         channels_first = getattr(base, "data_format", "channels_last") == "channels_first"
         if kind in CONSUMER_KINDS and not channels_first and getattr(base, "groups", 1) == 1:
-            return self.consumer(call, layer, base, name, kind, ins[0], shapes)
+            return self.consumer(layer, base, name, kind, ins[0], shapes)
         if kind == "depthwise" and not channels_first and base.depth_multiplier == 1 and ins[0].spatial == 1:
             self.uses.append(LayerUse(name, layer, "depthwise", ins[0], ins[0], _positions(shapes[0])))
             return [ins[0]]
@@ -278,7 +282,8 @@ class _Builder:
         if all(u.layer is not layer for u in self.uses):
             self.uses.append(LayerUse(name, layer, "other", None, None))
 
-    def consumer(self, call, layer, base, name, kind, layout, shapes):
+    def consumer(self, layer, base, name, kind, layout, shapes):
+        """A Conv/Dense layer reads `layout`; a convolution also creates its filters' space."""
         reason = self.consumer_reason(layer)
         rows = base.kernel.shape[kernel_axes(kind)[1]]
         if reason is None and rows != layout.size:
@@ -291,8 +296,7 @@ class _Builder:
         if kind != "conv":
             self.uses.append(LayerUse(name, layer, kind, layout, None, positions))
             return self.fixed([layout], shapes, f"output of {type(base).__name__} {name!r}")
-        first = all(self.spaces[s].origin == "input" for s, _ in layout.parts)
-        reason = self.source_reason(base, name, first)
+        reason = self.source_reason(base, name, self.origin([layout]) == "input")
         if reason is None:
             out = self.new(base.filters, "conv", source=name)
         else:
@@ -379,11 +383,6 @@ def analyze_channels(model, source_reason=None, consumer_reason=None):
 # ---------------------------------------------------------------------------------- helpers
 def _channels(shape):
     return shape[-1] if shape else None
-
-
-def _origin(builder, layouts):
-    spaces = [s for layout in layouts for s, _ in layout.parts]
-    return "input" if spaces and all(builder.spaces[s].origin == "input" for s in spaces) else "other"
 
 
 def _output_shapes(layer, num_outputs):
