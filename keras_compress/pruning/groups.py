@@ -250,7 +250,8 @@ class _Builder:
             return self.fixed(ins, shapes, f"output of nested model {name!r}")
         if _is_channelwise(base):  # a shared fake quantizer (Concatenate inputs) included
             return [ins[0]]
-        if shared and base.weights:
+        weights = getattr(base, "weights", None)  # keras.ops operations in the graph have none
+        if shared and weights:
             self.block(ins, f"input of shared layer {name!r}")
             self.other(name, layer)
             return self.fixed(ins, shapes, f"output of shared layer {name!r}")
@@ -273,7 +274,7 @@ class _Builder:
             if _is_last_axis(base.axis, shapes[0]) and all(layout.spatial == 1 for layout in ins):
                 return [Layout(tuple(p for layout in ins for p in layout.parts))]
             return [self.merge(ins, shapes, name, cls)]
-        if base.weights:
+        if weights:
             self.other(name, layer)
         self.block(ins, f"feeds {cls} {name!r}")
         return self.fixed(ins, shapes, f"output of {cls} {name!r}")
