@@ -116,8 +116,10 @@ def transform_model(model, wrap_fn=None, planner=None, layer_factory=None):
     pairs = []
     new_model = _rebuild(as_functional(model), wrap_fn, planner, layer_factory, "", pairs)
     for original, new, _ in pairs:
+        if not isinstance(original, keras.layers.Layer) or isinstance(original, keras.Model):
+            continue  # keras.ops operations have no weights; nested models copy their own
         weights = original.get_weights()
-        if weights and not isinstance(original, keras.Model):
+        if weights:
             unwrap(new).set_weights(weights)
     return new_model, pairs
 

@@ -97,7 +97,17 @@ class WeightsWrapper(keras.layers.Wrapper):
             weights = wrapper.transform_weights(weights, training=training)
         return weights
 
+    def training_loss(self):
+        """A loss term this wrapper adds in training (RB, movement sparsity), or None."""
+        return None
+
     def call(self, inputs, training=None):
+        if training:
+            # Only the outermost wrapper's call runs: it adds the losses of the whole stack.
+            for wrapper in self._chain()[0]:
+                loss = wrapper.training_loss()
+                if loss is not None:
+                    self.add_loss(loss)
         return call_with_weights(unwrap(self), inputs, self.effective_weights(training))
 
     def compute_output_shape(self, input_shape):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from keras_compress.graph import fresh_copy
+from keras_compress.graph import fresh_copy, iter_layers
 from keras_compress.wrapper import WeightsWrapper
 
 __all__ = ["strip_model"]
@@ -25,6 +25,10 @@ def strip_model(model, algorithms=()):
     Returns:
         A new `keras.Model`.
     """
+    from keras_compress.pruning.surgery import remove_pruned_filters
+    from keras_compress.pruning.wrapper import FilterPruningWrapper
+
+    pruned = any(isinstance(layer, FilterPruningWrapper) for layer in iter_layers(model))
     copy = keras.models.clone_model(model, clone_function=fresh_copy, recursive=True)
     copy.set_weights(model.get_weights())
     stripped = keras.models.clone_model(
@@ -36,4 +40,8 @@ def strip_model(model, algorithms=()):
         strip = getattr(algorithm, "strip", None)
         if strip is not None:
             stripped = strip(stripped)
+    # Without the controller (kc.export of a compressed model), remove pruned filters from
+    # the masks the model carries.
+    if pruned and not any(getattr(a, "name", None) == "filter_pruning" for a in algorithms):
+        stripped = remove_pruned_filters(stripped)
     return stripped

@@ -136,11 +136,9 @@ class RBSparsityWrapper(MaskedWeightsWrapper):
         noise = keras.random.uniform(ops.shape(p), seed=self.seed_generator)
         return _straight_through(ops.cast(p > noise, "float32"), p)
 
-    def call(self, inputs, training=None):
-        if training:
-            density = ops.mean(ops.stack([ops.mean(self.probability(a)) for a in self.weight_names]))
-            self.add_loss(self.loss_factor * self.share * ops.square(density - (1.0 - self.target)))
-        return super().call(inputs, training=training)
+    def training_loss(self):
+        density = ops.mean(ops.stack([ops.mean(self.probability(a)) for a in self.weight_names]))
+        return self.loss_factor * self.share * ops.square(density - (1.0 - self.target))
 
     def get_config(self):
         config = {"logit_scale": self.logit_scale, "loss_factor": self.loss_factor, "seed": self.seed}
@@ -207,11 +205,9 @@ class MovementSparsityWrapper(MaskedWeightsWrapper):
         block_mask = _straight_through(hard, score) if training else hard
         return self._expand(block_mask, shape)
 
-    def call(self, inputs, training=None):
-        if training:
-            importance = ops.mean(ops.stack([ops.mean(ops.sigmoid(self.scores[a])) for a in self.weight_names]))
-            self.add_loss(self.regularization * importance)
-        return super().call(inputs, training=training)
+    def training_loss(self):
+        importance = ops.mean(ops.stack([ops.mean(ops.sigmoid(self.scores[a])) for a in self.weight_names]))
+        return self.regularization * importance
 
     def get_config(self):
         return {**super().get_config(), "block_shape": self.block_shape}

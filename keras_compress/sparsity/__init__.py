@@ -1,0 +1,1 @@
+"""Magnitude, RB and movement sparsity."""
