@@ -91,7 +91,7 @@ def build_parser():
 
     p = sub.add_parser("demo", help="train, compress and export a digits CNN; print a table")
     p.add_argument("--output", default="keras_compress_demo", help="directory for the IRs")
-    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: 4)")
+    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: 8)")
     p.add_argument("--verbose", action="store_true", help="show Keras progress bars")
     p.set_defaults(func=_cmd_demo)
 
