@@ -122,6 +122,44 @@ class _SparsityAlgorithm:
         }
 
 
+class _ScheduledSparsity(_SparsityAlgorithm):
+    """Magnitude and RB sparsity: a level schedule from `params`, frozen at `sparsity_freeze_epoch`.
+
+    Subclasses define `apply_level(model, level)`: what reaching a level means for them.
+    """
+
+    def __init__(self, config, target_device="ANY"):
+        super().__init__(config, target_device)
+        self.schedule = sparsity_schedule(config.params, config.sparsity_init)
+        self.per_step = config.params.update_per_optimizer_step
+        self.level = self.schedule(0)
+
+    def update(self, model):
+        if self.epoch >= self.config.params.sparsity_freeze_epoch:
+            return
+        if isinstance(self.schedule, AdaptiveSchedule):
+            self.schedule.observe(int(self.epoch), self.statistics(model)["figures"]["sparsity_level"])
+        self.level = self.schedule(self.epoch)
+        self.apply_level(model, self.level)
+
+    def set_level(self, model, level):
+        """Overrides the schedule (accuracy-aware training): `level` from now on."""
+        self.scheduled = False
+        self.level = level
+        self.apply_level(model, level)
+
+    def get_state(self):
+        state = super().get_state()
+        if isinstance(self.schedule, AdaptiveSchedule):
+            state["adaptive"] = self.schedule.get_state()
+        return state
+
+    def set_state(self, state):
+        super().set_state(state)
+        if "adaptive" in state:
+            self.schedule.set_state(state["adaptive"])
+
+
 _NOT_LISTED = (
     keras.layers.BatchNormalization,
     keras.layers.LayerNormalization,
@@ -130,7 +168,7 @@ _NOT_LISTED = (
 )
 
 
-class MagnitudeSparsityAlgorithm(_SparsityAlgorithm):
+class MagnitudeSparsityAlgorithm(_ScheduledSparsity):
     """Magnitude sparsity: zero the smallest weights; the level follows the schedule.
 
     Masks are recomputed from the weights whenever the scheduled level changes (per epoch, or
@@ -141,30 +179,20 @@ class MagnitudeSparsityAlgorithm(_SparsityAlgorithm):
     name = "magnitude_sparsity"
     wrapper_class = MagnitudeSparsityWrapper
 
-    def __init__(self, config, target_device="ANY"):
-        super().__init__(config, target_device)
-        self.schedule = sparsity_schedule(config.params, config.sparsity_init)
-        self.per_step = config.params.update_per_optimizer_step
-        self.level = self.schedule(0)
-
     def on_compress(self, model):
-        self.apply_level(model, self.level)
+        self.compute_masks(model, self.level)
 
     def applied_level(self, model):
         wrappers = self.wrappers(model)
         return float(ops.convert_to_numpy(wrappers[0].mask_level)) if wrappers else None
 
-    def update(self, model):
-        if self.epoch >= self.config.params.sparsity_freeze_epoch:
-            return
-        if isinstance(self.schedule, AdaptiveSchedule):
-            self.schedule.observe(int(self.epoch), self.statistics(model)["figures"]["sparsity_level"])
-        self.level = self.schedule(self.epoch)
-        applied = self.applied_level(model)
-        if applied is None or abs(self.level - applied) > 1e-6:
-            self.apply_level(model, self.level)
-
     def apply_level(self, model, level):
+        """Recomputes the masks unless they are already those of `level` (e.g. after a resume)."""
+        applied = self.applied_level(model)
+        if applied is None or abs(level - applied) > 1e-6:
+            self.compute_masks(model, level)
+
+    def compute_masks(self, model, level):
         """Sets every mask so that `level` of the sparsified weights are zero."""
         wrappers = self.wrappers(model)
         pairs = [(w, a) for w in wrappers for a in w.weight_names]
@@ -182,25 +210,8 @@ class MagnitudeSparsityAlgorithm(_SparsityAlgorithm):
         for wrapper in wrappers:
             wrapper.mask_level.assign(level)
 
-    def set_level(self, model, level):
-        """Overrides the schedule (accuracy-aware training): masks for `level` now."""
-        self.scheduled = False
-        self.level = level
-        self.apply_level(model, level)
 
-    def get_state(self):
-        state = super().get_state()
-        if isinstance(self.schedule, AdaptiveSchedule):
-            state["adaptive"] = self.schedule.get_state()
-        return state
-
-    def set_state(self, state):
-        super().set_state(state)
-        if "adaptive" in state:
-            self.schedule.set_state(state["adaptive"])
-
-
-class RBSparsityAlgorithm(_SparsityAlgorithm):
+class RBSparsityAlgorithm(_ScheduledSparsity):
     """RB sparsity: learned stochastic masks plus a loss that pulls density to `1 - target`.
 
     The schedule sets the loss target of every `RBSparsityWrapper` each epoch (or step); the
@@ -210,37 +221,18 @@ class RBSparsityAlgorithm(_SparsityAlgorithm):
     name = "rb_sparsity"
     wrapper_class = RBSparsityWrapper
 
-    def __init__(self, config, target_device="ANY"):
-        super().__init__(config, target_device)
-        self.schedule = sparsity_schedule(config.params, config.sparsity_init)
-        self.per_step = config.params.update_per_optimizer_step
-        self.level = self.schedule(0)
-
     def on_compress(self, model):
         wrappers = self.wrappers(model)
         sizes = [sum(int(np.prod(getattr(unwrap(w), a).shape)) for a in w.weight_names) for w in wrappers]
         total = float(sum(sizes)) or 1.0
         for wrapper, size in zip(wrappers, sizes):
             wrapper.share.assign(size / total)
-        self.set_target(model, self.level)
+        self.apply_level(model, self.level)
 
-    def set_target(self, model, level):
+    def apply_level(self, model, level):
+        """Sets the sparsity-loss target of every wrapper."""
         for wrapper in self.wrappers(model):
             wrapper.target.assign(level)
-
-    def update(self, model):
-        if self.epoch >= self.config.params.sparsity_freeze_epoch:
-            return
-        if isinstance(self.schedule, AdaptiveSchedule):
-            self.schedule.observe(int(self.epoch), self.statistics(model)["figures"]["sparsity_level"])
-        self.level = self.schedule(self.epoch)
-        self.set_target(model, self.level)
-
-    def set_level(self, model, level):
-        """Overrides the schedule (accuracy-aware training)."""
-        self.scheduled = False
-        self.level = level
-        self.set_target(model, level)
 
 
 class MovementSparsityAlgorithm(_SparsityAlgorithm):
