@@ -363,7 +363,8 @@ class _AlgorithmBase(_Section):
     """PyTorch-only in NNCF; no effect."""
 
     def _describe(self) -> str:
-        raise NotImplementedError
+        """One line for `summary()`; algorithm sections add their own settings."""
+        return self._describe_scopes().lstrip("; ")
 
     def _describe_scopes(self) -> str:
         parts = [f"{len(scopes)} {name}" for name, scopes in
