@@ -15,6 +15,7 @@ __all__ = [
     "LAMBDA_REASON",
     "CompressibleLayerSpec",
     "COMPRESSIBLE_LAYERS",
+    "UNCOMPRESSED_BY_DESIGN",
     "compressible_spec",
     "call_with_weights",
 ]
@@ -162,6 +163,15 @@ _SPECS = [
     CompressibleLayerSpec(L.Embedding, ["embeddings"], [-1], _embedding, "embedding"),
 ]
 del L
+
+#: Layers with weights that compression leaves alone by design: not listed as "skipped".
+UNCOMPRESSED_BY_DESIGN = (
+    keras.layers.BatchNormalization,
+    keras.layers.LayerNormalization,
+    keras.layers.GroupNormalization,
+    keras.layers.Normalization,
+    keras.layers.Rescaling,
+)
 
 #: Supported layer class -> its spec. Subclasses that keep the parent's `call` are supported too.
 COMPRESSIBLE_LAYERS = {spec.layer_class: spec for spec in _SPECS}

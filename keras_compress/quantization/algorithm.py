@@ -9,7 +9,12 @@ import types
 import keras
 import numpy as np
 
-from keras_compress.compressible import LAMBDA_REASON, compressible_spec, unsupported_reason
+from keras_compress.compressible import (
+    LAMBDA_REASON,
+    UNCOMPRESSED_BY_DESIGN,
+    compressible_spec,
+    unsupported_reason,
+)
 from keras_compress.graph import iter_layers
 from keras_compress.quantization.fake_quantize import FakeQuantize
 from keras_compress.quantization.placement import (
@@ -81,7 +86,7 @@ class QuantizationAlgorithm:
         if reason is None and not self._in_scope(names, self.config.weights):
             reason = "excluded by scopes"
         if reason is not None:
-            if not isinstance(layer, _NOT_LISTED):
+            if not isinstance(layer, UNCOMPRESSED_BY_DESIGN):
                 self.skipped[names[1]] = reason
             return False
         return True
@@ -349,14 +354,6 @@ class QuantizationAlgorithm:
         }
 
 
-# Layers without compressible weights that are not worth listing as "skipped".
-_NOT_LISTED = (
-    keras.layers.BatchNormalization,
-    keras.layers.LayerNormalization,
-    keras.layers.GroupNormalization,
-    keras.layers.Normalization,
-    keras.layers.Rescaling,
-)
 
 
 def _range_configs(config):

@@ -6,7 +6,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_compress.compressible import LAMBDA_REASON, compressible_spec, unsupported_reason
+from keras_compress.compressible import (
+    LAMBDA_REASON,
+    UNCOMPRESSED_BY_DESIGN,
+    compressible_spec,
+    unsupported_reason,
+)
 from keras_compress.graph import iter_layers
 from keras_compress.schedules import AdaptiveSchedule, sparsity_schedule
 from keras_compress.sparsity.functions import magnitude_masks, sparsity_level
@@ -57,7 +62,7 @@ class _SparsityAlgorithm:
             ):
                 reason = "excluded by scopes"
         if reason is not None:
-            if spec is not None or not isinstance(layer, _NOT_LISTED):
+            if spec is not None or not isinstance(layer, UNCOMPRESSED_BY_DESIGN):
                 self.skipped[names[1]] = reason
             return False
         return True
@@ -160,12 +165,6 @@ class _ScheduledSparsity(_SparsityAlgorithm):
             self.schedule.set_state(state["adaptive"])
 
 
-_NOT_LISTED = (
-    keras.layers.BatchNormalization,
-    keras.layers.LayerNormalization,
-    keras.layers.GroupNormalization,
-    keras.layers.Normalization,
-)
 
 
 class MagnitudeSparsityAlgorithm(_ScheduledSparsity):
