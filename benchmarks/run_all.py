@@ -70,7 +70,10 @@ def section_int8(quick):
     digits = int8_speed.digits_accuracy(workdir, epochs, seeds)
     return "\n".join(
         [
-            "`keras.applications` models with `weights=None` at 224x224, batch 1. keras_compress "
+            "`keras.applications` models with `weights=None` at 224x224, batch 1, with BatchNorm "
+            "statistics estimated on the calibration data first (as a trained model has them: the "
+            "initial mean 0 / variance 1 fold into all-zero conv biases that OpenVINO drops, which "
+            "would favour whichever IR keeps them). keras_compress "
             f"INT8: `kc.compress` with `configs/int8.json` ({calib} generated calibration samples), "
             "exported with `kc.export`, no fine-tuning (speed only). NNCF PTQ: `nncf.quantize` "
             "(OpenVINO backend) of the same FP32 IR with the same samples. Latency is the median of "
@@ -84,8 +87,8 @@ def section_int8(quick):
             "",
             f"#### Digits CNN accuracy (load_digits test split, mean of {seeds} splits and initializations)",
             "",
-            f"FP32 trained 30 epochs; keras_compress fine-tuned {epochs} epochs of QAT; NNCF PTQ of the "
-            "FP32 IR with 300 training images.",
+            f"FP32 trained 30 epochs; keras_compress fine-tuned {epochs} epochs of 8-bit QAT "
+            "(`configs/int8.json`); NNCF PTQ of the FP32 IR with 300 training images.",
             "",
             md_table(["IR", "mean accuracy", "min..max", "vs FP32 (points)"], digits),
         ]
