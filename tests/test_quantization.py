@@ -22,7 +22,15 @@ from keras_compress.quantization.quantizers import (  # noqa: E402
     fake_quantize,
     symmetric_range,
 )
-from keras_compress.quantization.range_init import RANGE_TYPES, RangeCollector, iterate_batches  # noqa: E402
+from keras_compress.quantization import range_init  # noqa: E402
+from keras_compress.quantization.range_init import (  # noqa: E402
+    RANGE_TYPES,
+    RangeCollector,
+    activation_bytes_per_sample,
+    iterate_batches,
+    run_batches,
+    split_batch,
+)
 
 L = keras.layers
 
@@ -759,6 +767,42 @@ def test_bn_adaptation_sets_moving_statistics_to_the_data_statistics():
     assert np.abs(expected_mean - old_mean).max() > 0.5  # it really was wrong before
     np.testing.assert_allclose(np.asarray(bn.moving_variance), conv.var(axis=(0, 1, 2)), rtol=0.05)
     assert bn.momentum == 0.99 and bn.trainable  # restored
+
+
+def test_calibration_batches_too_large_for_the_memory_budget_run_as_sub_batches():
+    model, x, y = _badly_trained_bn_model()
+    per_sample = activation_bytes_per_sample(model)
+    # float32 outputs: the input 8x8x3, conv1, bn1 and relu1 8x8x4 each, gap 4 and fc 3
+    assert per_sample == 4 * (8 * 8 * 3 + 3 * 8 * 8 * 4 + 4 + 3)
+    calls = []
+    model.call = (lambda call: lambda *a, **k: calls.append(len(a[0])) or call(*a, **k))(model.call)
+
+    seen = run_batches(model, iterate_batches(x, 32), 40, memory_budget=10 * per_sample, verbose=0)
+
+    assert calls == [10, 10, 10, 2, 10]  # batch 32 -> 10+10+10+2; batch 2 stops at 42 >= 40
+    assert seen == 42
+    assert [len(b["a"]) for b in split_batch({"a": x[:5], "b": x[:5]}, 2)] == [2, 2, 1]
+
+
+def test_range_init_and_bn_adaptation_split_large_batches_with_the_same_ranges(monkeypatch):
+    """Per-sample range statistics do not depend on how a batch is split; BN adaptation averages
+    the statistics of each sub-batch, so a split changes them only by the batch-to-batch spread."""
+    model, x, y = _badly_trained_bn_model()
+    config = quantization_config(bn_samples=64, init_samples=64)
+    whole, _ = kc.compress(model, config, dataset=(x, y))
+    per_sample = activation_bytes_per_sample(whole)
+    monkeypatch.setattr(range_init, "EAGER_ACTIVATION_BUDGET", 8 * per_sample)
+
+    split, _ = kc.compress(model, config, dataset=(x, y))
+
+    for name in ("img_quantizer", "relu1_quantizer", "gap_quantizer"):
+        a, b = whole.get_layer(name).quantizer.variables, split.get_layer(name).quantizer.variables
+        # the input range is exact; later ones see BN statistics from smaller batches
+        rtol = 1e-6 if name == "img_quantizer" else 0.1
+        np.testing.assert_allclose(float(a["scale"]), float(b["scale"]), rtol=rtol)
+    conv = np.asarray(split.get_layer("conv1")(x), "float64")
+    expected_mean = np.mean([conv[i : i + 8].mean(axis=(0, 1, 2)) for i in range(0, 64, 8)], axis=0)
+    np.testing.assert_allclose(np.asarray(split.get_layer("bn1").moving_mean), expected_mean, rtol=1e-4, atol=1e-4)
 
 
 def test_bn_adaptation_with_zero_samples_keeps_the_statistics():

@@ -28,6 +28,8 @@ __all__ = [
     "iterate_batches",
     "one_shot_replay",
     "run_batches",
+    "split_batch",
+    "activation_bytes_per_sample",
 ]
 
 RANGE_TYPES = (
@@ -339,16 +341,61 @@ def one_shot_replay(dataset, num_samples):
     return _Replay(elements)
 
 
-def run_batches(model, batches, num_samples, training=False, before_step=None, verbose=1):
+#: Most bytes of layer outputs one eager calibration call may hold. A Functional model called
+#: eagerly keeps every intermediate tensor until the call returns (ResNet50 at 224x224: about
+#: 150 MB per sample), so larger batches are split into sub-batches that fit.
+EAGER_ACTIVATION_BUDGET = 1 << 30
+
+
+def activation_bytes_per_sample(model):
+    """Bytes of all layer outputs for one sample, from the static shapes (0 if unknown).
+
+    Layers whose output shape is not fully static (or that are called more than once, so have
+    no single `output`) are left out: the estimate is then a lower bound.
+    """
+    import keras
+
+    from keras_compress.graph import iter_layers
+
+    total = 0
+    for layer in iter_layers(model, wrappers=False):
+        try:
+            outputs = keras.tree.flatten(layer.output)
+        except (AttributeError, ValueError):
+            continue
+        for t in outputs:
+            dims = tuple(t.shape)[1:]
+            if all(d is not None for d in dims):
+                total += int(np.prod(dims, dtype=np.int64)) * np.dtype(keras.backend.standardize_dtype(t.dtype)).itemsize
+    return total
+
+
+def split_batch(x, max_size):
+    """Splits an input batch (array, or list/dict of arrays) into sub-batches of `max_size`."""
+    import keras
+
+    n = _num_samples(x)
+    if n <= max_size:
+        return [x]
+    return [keras.tree.map_structure(lambda a: a[i : i + max_size], x) for i in range(0, n, max_size)]
+
+
+def run_batches(model, batches, num_samples, training=False, before_step=None, verbose=1,
+                memory_budget=None):  # fmt: skip
     """Runs `model` eagerly on batches until `num_samples` samples, with a Keras progress bar.
+
+    Batches whose layer outputs would exceed `memory_budget` bytes are run as sub-batches
+    (each one a step: `before_step` is called before each), so peak memory stays bounded
+    whatever batch size the calibration data has.
 
     Args:
         model: the Keras model.
         batches: iterable of input batches (see `iterate_batches`).
         num_samples: stop once this many samples went through.
         training: the `training` argument of the calls.
-        before_step: optional `fn(step)` called before each batch.
+        before_step: optional `fn(step)` called before each model call.
         verbose: show the progress bar.
+        memory_budget: most bytes of layer outputs per call (default `EAGER_ACTIVATION_BUDGET`).
 
     Returns:
         The number of samples used.
@@ -361,14 +408,19 @@ def run_batches(model, batches, num_samples, training=False, before_step=None, v
 
     progress = keras.utils.Progbar(num_samples, verbose=verbose, unit_name="sample")
     specs = _input_specs(model)
-    seen = 0
-    for step, x in enumerate(batches):
-        check_calibration_batch(specs, x, step)
-        if before_step is not None:
-            before_step(step)
-        model(x, training=training)
-        seen += int(keras.tree.flatten(x)[0].shape[0])
-        progress.update(min(seen, num_samples))
-        if seen >= num_samples:
-            break
+    budget = EAGER_ACTIVATION_BUDGET if memory_budget is None else memory_budget
+    per_sample = activation_bytes_per_sample(model)
+    max_size = max(1, budget // per_sample) if per_sample else None
+    seen = step = 0
+    for batch_index, batch in enumerate(batches):
+        check_calibration_batch(specs, batch, batch_index)
+        for x in split_batch(batch, max_size) if max_size else [batch]:
+            if before_step is not None:
+                before_step(step)
+            model(x, training=training)
+            step += 1
+            seen += _num_samples(x)
+            progress.update(min(seen, num_samples))
+            if seen >= num_samples:
+                return seen
     return seen
