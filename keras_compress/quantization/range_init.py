@@ -343,7 +343,7 @@ def one_shot_replay(dataset, num_samples):
 
 #: Most bytes of layer outputs one eager calibration call may hold. A Functional model called
 #: eagerly keeps every intermediate tensor until the call returns (ResNet50 at 224x224: about
-#: 150 MB per sample), so larger batches are split into sub-batches that fit.
+#: 140 MiB per sample), so larger batches are split into sub-batches that fit.
 EAGER_ACTIVATION_BUDGET = 1 << 30
 
 
