@@ -294,7 +294,7 @@ def page(sections, quick, texts, seconds):
         "hand. Rerun it after `pip install -e \".[bench,demo]\"` to measure your machine.",
         "",
         "!!! note \"How to read these numbers\"",
-        "    The machine has 2 cores and other work was running on it, so absolute times are noisy. "
+        "    The machine has 2 cores (shared, virtualized), so absolute times are noisy. "
         "Every comparison is a **ratio measured in one process, in interleaved rounds** (model A, "
         "model B, model A, ...; median over rounds), so slow drifts of the machine affect both "
         "sides alike. Compare ratios, not absolute milliseconds, and do not compare numbers across "
