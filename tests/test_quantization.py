@@ -15,6 +15,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import keras_compress as kc  # noqa: E402
+from helpers import data, quantization_config  # noqa: E402
 from keras_compress.quantization.quantizers import (  # noqa: E402
     Quantizer,
     QuantizerSpec,
@@ -33,24 +34,6 @@ from keras_compress.quantization.range_init import (  # noqa: E402
 )
 
 L = keras.layers
-
-
-def quantization_config(bn_samples=0, init_samples=32, **section):
-    q = {
-        "algorithm": "quantization",
-        "weights": {"per_channel": True},
-        "overflow_fix": "disable",
-        "initializer": {
-            "range": {"num_init_samples": init_samples},
-            "batchnorm_adaptation": {"num_bn_adaptation_samples": bn_samples},
-        },
-    }
-    q.update(section)
-    return {"compression": q}
-
-
-def data(shape, seed=0):
-    return np.random.default_rng(seed).normal(size=shape).astype("float32")
 
 
 def conv_bn_add_model():

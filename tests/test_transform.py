@@ -1,10 +1,12 @@
 """Tests of the model transformer: reproduced layer calls, cloning, non-mutation, quantizer placement,
 scopes, unsupported layers and models."""
 
+import functools
 import os
 
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 
+import helpers  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -18,22 +20,9 @@ from keras_compress.wrapper import WeightsWrapper  # noqa: E402
 L = keras.layers
 
 
-def quantization_config(bn_samples=0, init_samples=16, **section):
-    q = {
-        "algorithm": "quantization",
-        "weights": {"per_channel": True},
-        "overflow_fix": "disable",
-        "initializer": {
-            "range": {"num_init_samples": init_samples},
-            "batchnorm_adaptation": {"num_bn_adaptation_samples": bn_samples},
-        },
-    }
-    q.update(section)
-    return {"compression": q}
-
-
-def data(shape, seed=0):
-    return np.random.default_rng(seed).normal(size=shape).astype("float32")
+# Range init on 16 samples unless a test says otherwise.
+quantization_config = functools.partial(helpers.quantization_config, init_samples=16)
+data = helpers.data
 
 
 def as_list(outputs):
