@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 
 import keras_compress as kc  # noqa: E402
 from keras_compress.accuracy_aware import accuracy_bound  # noqa: E402
-from keras_compress.demo import build_digits_cnn, load_digits_split  # noqa: E402
+from helpers import trained_digits_cnn  # noqa: E402
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 NO_BN = {"batchnorm_adaptation": {"num_bn_adaptation_samples": 0}}
@@ -20,11 +20,7 @@ NO_BN = {"batchnorm_adaptation": {"num_bn_adaptation_samples": 0}}
 
 @pytest.fixture(scope="module")
 def digits():
-    keras.utils.set_random_seed(0)
-    (x_train, y_train), (x_test, y_test) = load_digits_split()
-    model = build_digits_cnn()
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=LOSS, metrics=["accuracy"])
-    model.fit(x_train, y_train, batch_size=64, epochs=30, verbose=0)
+    model, (x_train, y_train), (x_test, y_test) = trained_digits_cnn()
     return model, (x_train, y_train), (x_test, y_test)
 
 

@@ -10,7 +10,8 @@ import pytest  # noqa: E402
 
 import keras_compress as kc  # noqa: E402
 from keras_compress.benchmark import compile_ir, runtime_precisions  # noqa: E402
-from keras_compress.demo import build_digits_cnn, load_digits_split  # noqa: E402
+from helpers import trained_digits_cnn  # noqa: E402
+from keras_compress.demo import build_digits_cnn  # noqa: E402
 from keras_compress.quantization.precision import assign_bitwidths, quantization_error  # noqa: E402
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -91,11 +92,7 @@ def test_the_deliberately_sensitive_layer_gets_the_higher_bit_width(criterion):
 
 @pytest.mark.slow
 def test_mixed_precision_on_digits_between_uniform_4_and_8_bits(tmp_path):
-    keras.utils.set_random_seed(0)
-    (x_train, y_train), (x_test, y_test) = load_digits_split()
-    model = build_digits_cnn()
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=LOSS, metrics=["accuracy"])
-    model.fit(x_train, y_train, batch_size=64, epochs=30, verbose=0)
+    model, (x_train, y_train), (x_test, y_test) = trained_digits_cnn()
 
     def fine_tuned(config):
         keras.utils.set_random_seed(1)

@@ -15,7 +15,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import keras_compress as kc  # noqa: E402
-from helpers import data, quantization_config  # noqa: E402
+from helpers import conv_bn_add_model, data, quantization_config  # noqa: E402
 from keras_compress.quantization.quantizers import (  # noqa: E402
     Quantizer,
     QuantizerSpec,
@@ -34,23 +34,6 @@ from keras_compress.quantization.range_init import (  # noqa: E402
 )
 
 L = keras.layers
-
-
-def conv_bn_add_model():
-    """Conv-BN-ReLU-ZeroPadding-MaxPool-Conv-BN-Add-ReLU-GAP-Dense on 16x16x3."""
-    inp = keras.Input((16, 16, 3), name="img")
-    x = L.Conv2D(8, 3, padding="same", name="conv1")(inp)
-    x = L.BatchNormalization(name="bn1")(x)
-    r1 = L.ReLU(name="relu1")(x)
-    x = L.ZeroPadding2D(1, name="pad")(r1)
-    x = L.MaxPooling2D(3, strides=1, name="pool")(x)
-    x = L.Conv2D(8, 3, padding="same", name="conv2")(x)
-    x = L.BatchNormalization(name="bn2")(x)
-    x = L.Add(name="add")([x, r1])
-    x = L.ReLU(name="relu2")(x)
-    x = L.GlobalAveragePooling2D(name="gap")(x)
-    out = L.Dense(4, name="fc")(x)
-    return keras.Model(inp, out)
 
 
 def activation_quantizers(model):

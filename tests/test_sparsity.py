@@ -10,7 +10,8 @@ import pytest  # noqa: E402
 
 import keras_compress as kc  # noqa: E402
 from keras_compress.benchmark import compile_ir, runtime_precisions  # noqa: E402
-from keras_compress.demo import build_digits_cnn, load_digits_split  # noqa: E402
+from helpers import trained_digits_cnn  # noqa: E402
+from keras_compress.demo import load_digits_split  # noqa: E402
 from keras_compress.schedules import (  # noqa: E402
     AdaptiveSchedule,
     ExponentialPruningSchedule,
@@ -114,11 +115,7 @@ def test_threshold_and_block_expand():
 # ----------------------------------------------------------------------------- digits
 @pytest.fixture(scope="module")
 def digits():
-    keras.utils.set_random_seed(0)
-    (x_train, y_train), (x_test, y_test) = load_digits_split()
-    model = build_digits_cnn()
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=LOSS, metrics=["accuracy"])
-    model.fit(x_train, y_train, batch_size=64, epochs=30, verbose=0)
+    model, (x_train, y_train), (x_test, y_test) = trained_digits_cnn()
     fp32 = model.evaluate(x_test, y_test, verbose=0)[1]
     return model, fp32, (x_train, y_train), (x_test, y_test)
 

@@ -23,6 +23,7 @@ L = keras.layers
 # Range init on 16 samples unless a test says otherwise.
 quantization_config = functools.partial(helpers.quantization_config, init_samples=16)
 data = helpers.data
+conv_bn_add_model = helpers.conv_bn_add_model
 
 
 def as_list(outputs):
@@ -48,23 +49,6 @@ def randomize_bn_statistics(model, seed=0):
 
 # ---------------------------------------------------------------------------------------------------
 # Small models
-
-
-def conv_bn_add_model():
-    """Conv-BN-ReLU-ZeroPadding-MaxPool-Conv-BN-Add-ReLU-GAP-Dense on 16x16x3."""
-    inp = keras.Input((16, 16, 3), name="img")
-    x = L.Conv2D(8, 3, padding="same", name="conv1")(inp)
-    x = L.BatchNormalization(name="bn1")(x)
-    r1 = L.ReLU(name="relu1")(x)
-    x = L.ZeroPadding2D(1, name="pad")(r1)
-    x = L.MaxPooling2D(3, strides=1, name="pool")(x)
-    x = L.Conv2D(8, 3, padding="same", name="conv2")(x)
-    x = L.BatchNormalization(name="bn2")(x)
-    x = L.Add(name="add")([x, r1])
-    x = L.ReLU(name="relu2")(x)
-    x = L.GlobalAveragePooling2D(name="gap")(x)
-    out = L.Dense(4, name="fc")(x)
-    return keras.Model(inp, out, name="conv_bn_add")
 
 
 def nested_model():
