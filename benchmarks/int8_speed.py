@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 
 import keras_compress as kc  # noqa: E402
 from keras_compress.benchmark import benchmark_models, compile_ir, runtime_precisions  # noqa: E402
-from keras_compress.quantization.bn_adaptation import adapt_batchnorm  # noqa: E402
+from keras_compress.bn_adaptation import adapt_batchnorm  # noqa: E402
 from keras_compress.statistics import format_table  # noqa: E402
 
 

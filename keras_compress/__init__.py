@@ -1,5 +1,8 @@
 """keras_compress: training-time model compression for Keras 3, exported to OpenVINO INT8.
 
+Importing the package registers every Keras-serializable class it defines (wrappers, quantizers),
+so a saved compressed model loads with `keras.saving.load_model` in a new process.
+
 Example:
     ```python
     import keras_compress as kc
@@ -12,12 +15,12 @@ Example:
 """
 
 from keras_compress.config import CompressionConfig, ConfigError, ConfigWarning, load_config
-from keras_compress.controller import CompressionController
-from keras_compress.export.exporter import export
-from keras_compress.quantization.fake_quantize import FakeQuantize
-from keras_compress.quantization.quantize_wrapper import QuantizeWrapper
+from keras_compress.controller import CompressionController, compress
+from keras_compress.export import export
+from keras_compress.pruning import FilterPruningWrapper
+from keras_compress.quantization import FakeQuantize, QuantizeWrapper
+from keras_compress.sparsity import MagnitudeSparsityWrapper, MovementSparsityWrapper, RBSparsityWrapper
 from keras_compress.statistics import CompressionStatistics
-from keras_compress.transform import compress
 from keras_compress.wrapper import WeightsWrapper
 
 __version__ = "0.1.0"
@@ -29,7 +32,11 @@ __all__ = [
     "ConfigError",
     "ConfigWarning",
     "FakeQuantize",
+    "FilterPruningWrapper",
+    "MagnitudeSparsityWrapper",
+    "MovementSparsityWrapper",
     "QuantizeWrapper",
+    "RBSparsityWrapper",
     "WeightsWrapper",
     "compress",
     "export",

@@ -36,6 +36,20 @@ def _activate(layer, outputs):
     return layer.activation(outputs) if layer.activation is not None else outputs
 
 
+def _convolve(op, layer, inputs, kernels, bias, channels, padding=None, **kwargs):
+    """`op(inputs, *kernels, ...)` with the layer's strides, padding and dilation, then bias and activation."""
+    outputs = op(
+        inputs,
+        *kernels,
+        strides=layer.strides,
+        padding=padding or layer.padding,
+        dilation_rate=layer.dilation_rate,
+        data_format=layer.data_format,
+        **kwargs,
+    )
+    return _activate(layer, _bias_add(layer, outputs, bias, channels))
+
+
 def _conv(layer, inputs, w):
     padding = layer.padding
     if padding == "causal":
@@ -45,58 +59,24 @@ def _conv(layer, inputs, w):
         else:
             inputs = ops.pad(inputs, [[0, 0], [0, 0], [left, 0]])
         padding = "valid"
-    outputs = ops.conv(
-        inputs,
-        w["kernel"],
-        strides=list(layer.strides),
-        padding=padding,
-        dilation_rate=layer.dilation_rate,
-        data_format=layer.data_format,
-    )
-    outputs = _bias_add(layer, outputs, w.get("bias"), layer.filters)
-    return _activate(layer, outputs)
+    return _convolve(ops.conv, layer, inputs, [w["kernel"]], w.get("bias"), layer.filters, padding)
 
 
 def _depthwise_conv(layer, inputs, w):
-    outputs = ops.depthwise_conv(
-        inputs,
-        w["kernel"],
-        strides=layer.strides,
-        padding=layer.padding,
-        dilation_rate=layer.dilation_rate,
-        data_format=layer.data_format,
-    )
     channels = w["kernel"].shape[-2] * w["kernel"].shape[-1]
-    outputs = _bias_add(layer, outputs, w.get("bias"), channels)
-    return _activate(layer, outputs)
+    return _convolve(ops.depthwise_conv, layer, inputs, [w["kernel"]], w.get("bias"), channels)
 
 
 def _separable_conv(layer, inputs, w):
-    outputs = ops.separable_conv(
-        inputs,
-        w["depthwise_kernel"],
-        w["pointwise_kernel"],
-        strides=layer.strides,
-        padding=layer.padding,
-        dilation_rate=layer.dilation_rate,
-        data_format=layer.data_format,
-    )
-    outputs = _bias_add(layer, outputs, w.get("bias"), w["pointwise_kernel"].shape[-1])
-    return _activate(layer, outputs)
+    kernels = [w["depthwise_kernel"], w["pointwise_kernel"]]
+    return _convolve(ops.separable_conv, layer, inputs, kernels, w.get("bias"), kernels[1].shape[-1])
 
 
 def _conv_transpose(layer, inputs, w):
-    outputs = ops.conv_transpose(
-        inputs,
-        w["kernel"],
-        strides=list(layer.strides),
-        padding=layer.padding,
+    return _convolve(
+        ops.conv_transpose, layer, inputs, [w["kernel"]], w.get("bias"), w["kernel"].shape[-2],
         output_padding=layer.output_padding,
-        dilation_rate=layer.dilation_rate,
-        data_format=layer.data_format,
-    )
-    outputs = _bias_add(layer, outputs, w.get("bias"), w["kernel"].shape[-2])
-    return _activate(layer, outputs)
+    )  # fmt: skip
 
 
 def _dense(layer, inputs, w):

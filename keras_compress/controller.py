@@ -1,58 +1,152 @@
-"""CompressionController: what `kc.compress` returns next to the compressed model."""
+"""`kc.compress` and the `CompressionController` it returns: the one place that knows the algorithms.
+
+The path of a config through `kc.compress`:
+1. `load_config` validates it (pydantic, JSON-path errors);
+2. the model becomes a Functional graph (`as_functional`), calibration data and scopes are checked
+   against it, and one algorithm object is built per `compression` section (`ALGORITHMS`);
+3. `transform_model` clones the graph: every algorithm's `wrap` swaps layers for wrappers (masking
+   algorithms innermost, quantization outermost) and its `plan` inserts layers on graph edges;
+4. the controller runs the initializers on the calibration data (see `CompressionAlgorithm`);
+5. `ctrl.callbacks()` then drive the schedules inside `model.fit`.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+from typing import Any
 
-from keras_compress.quantization.range_init import iterate_batches, one_shot_replay
+import keras
+
+from keras_compress.accuracy_aware import AccuracyAwareCallback
+from keras_compress.algorithm import CompressionAlgorithm
+from keras_compress.bn_adaptation import adapt_batchnorm, batchnorm_layers
+from keras_compress.calibration import check_calibration_data, iterate_batches, one_shot_replay
+from keras_compress.callbacks import CompressionScheduleCallback, CompressionStatisticsCallback
+from keras_compress.config import CompressionConfig, load_config
+from keras_compress.export.strip import strip_model
+from keras_compress.graph import as_functional, iter_layers
+from keras_compress.pruning import FilterPruningAlgorithm
+from keras_compress.quantization import FakeQuantize, QuantizationAlgorithm
+from keras_compress.selection import check_scopes
+from keras_compress.sparsity import MagnitudeSparsityAlgorithm, MovementSparsityAlgorithm, RBSparsityAlgorithm
 from keras_compress.statistics import CompressionStatistics
+from keras_compress.transform import transform_model
+from keras_compress.wrapper import WeightsWrapper
 
-__all__ = ["CompressionController", "build_algorithms"]
+__all__ = ["ALGORITHMS", "CompressionController", "build_algorithms", "compress"]
 
 logger = logging.getLogger("keras_compress")
 
-
-def _algorithm_classes():
-    from keras_compress.quantization.algorithm import QuantizationAlgorithm
-
-    classes = {"quantization": QuantizationAlgorithm}
-    try:
-        from keras_compress.pruning.algorithm import FilterPruningAlgorithm
-
-        classes["filter_pruning"] = FilterPruningAlgorithm
-    except ImportError:
-        pass
-    try:
-        from keras_compress.sparsity.algorithm import SPARSITY_ALGORITHMS
-
-        classes.update(SPARSITY_ALGORITHMS)
-    except ImportError:
-        pass
-    return classes
+#: Config `algorithm` name -> algorithm class: the only list of algorithms in the package.
+ALGORITHMS: dict[str, type[CompressionAlgorithm]] = {
+    cls.name: cls
+    for cls in (
+        QuantizationAlgorithm,
+        FilterPruningAlgorithm,
+        MagnitudeSparsityAlgorithm,
+        RBSparsityAlgorithm,
+        MovementSparsityAlgorithm,
+    )
+}
 
 
-def build_algorithms(config):
+def build_algorithms(config: CompressionConfig) -> list[CompressionAlgorithm]:
     """The algorithm objects for the config's `compression` sections.
 
     Weight-masking algorithms (pruning, sparsity) come first and quantization last, whatever
     the config order, so quantizers see the masked weights (wrappers nest in that order).
-
-    An algorithm object has `name`, `wrap(original, layer, path)`, `statistics(model)` and may
-    have `plan`/`make_layer` (inserted layers), `on_train_begin(model)`,
-    `on_epoch_begin(model, epoch)`, `on_train_batch_begin(model, step)` (schedules),
-    `strip(model) -> model` (model-level export transform), `get_state()`/`set_state(state)`.
     """
-    classes = _algorithm_classes()
     algorithms = []
     for section in config.compression:
-        cls = classes.get(section.algorithm)
+        cls = ALGORITHMS.get(section.algorithm)
         if cls is None:
             raise ValueError(
                 f"The {section.algorithm!r} algorithm is not available in this version of "
-                f"keras_compress. Available: {sorted(classes)}"
+                f"keras_compress. Available: {sorted(ALGORITHMS)}"
             )
         algorithms.append(cls(section, config.target_device))
     return sorted(algorithms, key=lambda a: a.name == "quantization")
+
+
+def compress(
+    model: keras.Model,
+    config: str | os.PathLike | dict | CompressionConfig,
+    dataset: Any = None,
+) -> tuple[keras.Model, CompressionController]:
+    """Compresses a Keras model as the config says.
+
+    Clones the model (Sequential, Functional, nested), wraps the layers each algorithm
+    selects, inserts activation quantizers, copies the weights, and runs the initializers
+    that need data (quantizer range init, BatchNorm adaptation).
+
+    Args:
+        model: a Sequential or Functional `keras.Model`. It is not modified.
+        config: a path to an NNCF-style JSON file, a dict, a JSON string or a
+            `CompressionConfig`.
+        dataset: calibration data: a `tf.data.Dataset`, an `(x, y)` tuple of arrays, an array
+            of inputs, or an iterable of batches. Needed for range init and BN adaptation.
+
+    Returns:
+        `(compressed_model, controller)`: a `keras.Model` to compile and fit as usual, and the
+        `CompressionController` that gives its callbacks, statistics and `strip()`.
+
+    Raises:
+        ConfigError: for a bad config, and for an exact layer name in `ignored_scopes` or
+            `target_scopes` that is not a layer of the model.
+        ValueError: for calibration data that is empty, does not fit the model's inputs (the
+            message names the input and both shapes), is not numeric or holds NaN/Inf; for a
+            subclassed model or a Sequential model without an input shape.
+        TypeError: when `model` is not a `keras.Model`.
+
+    A model in which no layer can be compressed is returned as a working clone, with a logged
+    warning; Lambda and unsupported layers are left as they are and listed in
+    `ctrl.statistics().skipped()`.
+
+    Example:
+        ```python
+        compressed, ctrl = kc.compress(model, "configs/int8.json", dataset=(x_train, y_train))
+        compressed.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        compressed.fit(x_train, y_train, callbacks=ctrl.callbacks())
+        ```
+    """
+    cfg = load_config(config)
+    input_shape = tuple(cfg.input_info[0].sample_size[1:]) if cfg.input_info else None
+    functional = as_functional(model, input_shape)
+    # Bad input fails here, before anything is cloned or run.
+    if dataset is not None:
+        check_calibration_data(functional, dataset)
+    check_scopes(functional, cfg)
+    algorithms = build_algorithms(cfg)
+
+    def wrap_fn(original, fresh, path):
+        layer = fresh
+        for algorithm in algorithms:
+            layer = algorithm.wrap(original, layer, path)
+        return layer
+
+    compressed, pairs = transform_model(functional, wrap_fn, planners=algorithms)
+    controller = CompressionController(compressed, cfg, algorithms, pairs, original_model=functional)
+    if algorithms and not any(isinstance(layer, WeightsWrapper) for layer in iter_layers(compressed)):
+        skipped = controller.statistics().skipped()
+        quantizers = any(isinstance(layer, FakeQuantize) for layer in iter_layers(compressed))
+        logger.warning(
+            "kc.compress found no layer to compress in model %r: no layer has weights that %s can "
+            "compress (Conv*, DepthwiseConv*, SeparableConv*, Conv*Transpose, Dense, EinsumDense; "
+            "Embedding for sparsity). The returned model computes what the original does%s.%s",
+            model.name,
+            " / ".join(a.name for a in algorithms),
+            " (plus activation quantizers)" if quantizers else "",
+            f" Left as they are: {skipped}" if skipped else "",
+        )
+    if dataset is not None:
+        controller.initialize(dataset)
+    elif controller.needs_data():
+        logger.warning(
+            "kc.compress got no `dataset`: quantizer range init and BatchNorm adaptation are "
+            "skipped. Pass calibration data for accurate initialization."
+        )
+    return compressed, controller
 
 
 class CompressionController:
@@ -61,41 +155,46 @@ class CompressionController:
     Args:
         model: the compressed model built by `kc.compress`.
         config: the `CompressionConfig`.
-        algorithms: the algorithm objects.
+        algorithms: the algorithm objects (`CompressionAlgorithm`).
         pairs: `(original_layer, new_layer, path)` for every cloned layer.
+        original_model: the uncompressed (Functional) model.
     """
 
-    def __init__(self, model, config, algorithms, pairs=(), original_model=None):
+    def __init__(
+        self,
+        model: keras.Model,
+        config: CompressionConfig,
+        algorithms: list[CompressionAlgorithm],
+        pairs=(),
+        original_model: keras.Model | None = None,
+    ):
         self.model = model
         self.config = config
         self.algorithms = algorithms
         self.pairs = list(pairs)
         self.original_model = original_model
         self.accuracy_aware_history = []
-        self._hook("on_compress")
-
-    def _hook(self, hook, *args):
         for algorithm in self.algorithms:
-            method = getattr(algorithm, hook, None)
-            if method is not None:
-                method(self.model, *args)
+            algorithm.on_compress(self.model)
 
-    def on_train_begin(self, steps_per_epoch=None):
+    def on_train_begin(self, steps_per_epoch: int | None = None) -> None:
         """Called by the schedule callback when `fit` starts (with `fit`'s steps per epoch)."""
         for algorithm in self.algorithms:
-            if steps_per_epoch and hasattr(algorithm, "set_steps_per_epoch"):
+            if steps_per_epoch:
                 algorithm.set_steps_per_epoch(steps_per_epoch)
-        self._hook("on_train_begin")
+            algorithm.on_train_begin(self.model)
 
-    def on_epoch_begin(self, epoch):
+    def on_epoch_begin(self, epoch: int) -> None:
         """Advances per-epoch schedules to `epoch` (0-based)."""
-        self._hook("on_epoch_begin", epoch)
+        for algorithm in self.algorithms:
+            algorithm.on_epoch_begin(self.model, epoch)
 
-    def on_train_batch_begin(self, step):
+    def on_train_batch_begin(self, step: int) -> None:
         """Advances per-step schedules to the global optimizer step `step`."""
-        self._hook("on_train_batch_begin", step)
+        for algorithm in self.algorithms:
+            algorithm.on_train_batch_begin(self.model, step)
 
-    def algorithm(self, name):
+    def algorithm(self, name: str) -> CompressionAlgorithm | None:
         """The algorithm object called `name` ("quantization", ...), or None."""
         return next((a for a in self.algorithms if a.name == name), None)
 
@@ -106,38 +205,26 @@ class CompressionController:
             default=0,
         )
 
-    def needs_data(self):
+    def needs_data(self) -> bool:
         """Whether initialization wants calibration data (range init or BN adaptation)."""
-        quantization = self.algorithm("quantization")
-        return bool(
-            (quantization is not None and quantization.activation_quantizers(self.model))
-            or self._bn_adaptation_samples() > 0
-        )
+        return self._bn_adaptation_samples() > 0 or any(a.calibration_samples(self.model) > 0 for a in self.algorithms)
 
-    def initialize(self, dataset, verbose=1):
+    def initialize(self, dataset: Any, verbose: int = 1) -> None:
         """Runs the data-driven initializers on `dataset`.
 
-        Order: weight ranges from the weights; BatchNorm adaptation (activation quantizers
-        pass through, weights quantized), then activation range init.
+        Order: every algorithm's `initialize_weights` (weight ranges, mixed precision); BatchNorm
+        adaptation, with the algorithms' `passthrough_layers` passing their inputs through; then
+        every algorithm's `initialize` (activation ranges).
         """
-        from keras_compress.quantization.bn_adaptation import adapt_batchnorm, batchnorm_layers
-
-        quantization = self.algorithm("quantization")
-        needed = [self._bn_adaptation_samples()]
-        if quantization is not None:
-            needed += [quantization.num_init_samples(), getattr(quantization.precision, "num_data_points", 0)]
+        num_bn = self._bn_adaptation_samples()
+        needed = [num_bn] + [a.calibration_samples(self.model) for a in self.algorithms]
         # Each initializer reads the data from the start: a generator is read once, up to what they use.
         dataset = one_shot_replay(dataset, max(needed))
-        if quantization is not None:
-            if self.original_model is not None:
-                quantization.initialize_precision(
-                    self.model, self.pairs, self.original_model, iterate_batches(dataset)
-                )
-            quantization.initialize_weights(self.model)
-        num_bn = self._bn_adaptation_samples()
+        for algorithm in self.algorithms:
+            algorithm.initialize_weights(self.model, iterate_batches(dataset), self.original_model)
         if num_bn > 0:
-            quantizers = quantization.activation_quantizers(self.model) if quantization else []
-            for layer in quantizers:
+            passthrough = [layer for a in self.algorithms for layer in a.passthrough_layers(self.model)]
+            for layer in passthrough:
                 layer.enabled = False
             try:
                 if verbose:
@@ -150,13 +237,13 @@ class CompressionController:
                         "was already read to the end)."
                     )
             finally:
-                for layer in quantizers:
+                for layer in passthrough:
                     layer.enabled = True
-        if quantization is not None:
-            quantization.initialize_activations(self.model, iterate_batches(dataset), verbose=verbose)
+        for algorithm in self.algorithms:
+            algorithm.initialize(self.model, iterate_batches(dataset), verbose=verbose)
 
     # ----------------------------------------------------------------- training-time API
-    def callbacks(self, log_dir=None, validation_data=None):
+    def callbacks(self, log_dir: str | os.PathLike | None = None, validation_data: Any = None) -> list:
         """The Keras callbacks that drive compression inside `model.fit`.
 
         - the schedule driver (per epoch and per optimizer step);
@@ -165,38 +252,30 @@ class CompressionController:
         - with `accuracy_aware_training` in the config, the accuracy-bound callback.
 
         Args:
-            log_dir: optional TensorBoard log directory.
+            log_dir: optional TensorBoard log directory (default: the config's `log_dir`).
             validation_data: data to measure the uncompressed model's metric on, for
                 accuracy-aware training without `uncompressed_model_accuracy` in the config.
         """
-        from keras_compress.callbacks import CompressionScheduleCallback, CompressionStatisticsCallback
-
+        log_dir = log_dir if log_dir is not None else self.config.log_dir
         callbacks = [CompressionScheduleCallback(self), CompressionStatisticsCallback(self, log_dir=log_dir)]
         if self.config.accuracy_aware_training is not None:
-            from keras_compress.accuracy_aware import AccuracyAwareCallback
-
             callbacks.append(
                 AccuracyAwareCallback(self, self.config.accuracy_aware_training, validation_data=validation_data)
             )
         return callbacks
 
-    def statistics(self, model=None):
+    def statistics(self, model: keras.Model | None = None) -> CompressionStatistics:
         """Per-algorithm statistics of `model` (default: the compressed model)."""
         model = model or self.model
         return CompressionStatistics({a.name: a.statistics(model) for a in self.algorithms})
 
-    def strip(self, model=None):
+    def strip(self, model: keras.Model | None = None) -> keras.Model:
         """A plain inference copy of `model` (default: the compressed model), ready to export.
 
         Quantizers stay (they become OpenVINO FakeQuantize ops), half-range weight quantizers
         get NNCF's overflow fix, sparsity masks are folded into the weights and pruned filters
         are removed. The trained model is left as it is.
         """
-        from keras_compress.export.strip import strip_model
-        from keras_compress.graph import iter_layers
-        from keras_compress.quantization.fake_quantize import FakeQuantize
-        from keras_compress.wrapper import WeightsWrapper
-
         model = model or self.model
         compressed = any(isinstance(l, (WeightsWrapper, FakeQuantize)) for l in iter_layers(model))
         if self.algorithms and not compressed:

@@ -7,11 +7,18 @@ scikit-learn), so it needs no download.
 from __future__ import annotations
 
 import logging
-import os
 from importlib import resources
 from pathlib import Path
 
+import keras
 import numpy as np
+from keras import layers
+
+from keras_compress.benchmark import benchmark_models, compile_ir
+from keras_compress.config import load_config
+from keras_compress.controller import compress
+from keras_compress.export import export
+from keras_compress.statistics import format_table
 
 __all__ = ["load_digits_split", "build_digits_cnn", "evaluate_ir", "run_demo", "DEMO_CONFIG"]
 
@@ -40,10 +47,7 @@ def load_digits_split(test_size=0.2, seed=0):
 
 
 def build_digits_cnn(width=32):
-    """A small CNN for 8x8 digits (BatchNorm momentum 0.9: small data, see DESIGN.md)."""
-    import keras
-    from keras import layers
-
+    """A small CNN for 8x8 digits (BatchNorm momentum 0.9: small data, see docs/training.md)."""
     inputs = keras.Input((8, 8, 1), name="image")
     x = inputs
     for i, filters in enumerate((width, width * 2, width * 2)):
@@ -59,8 +63,6 @@ def build_digits_cnn(width=32):
 
 def evaluate_ir(xml, x, y, precision="f32", batch_size=64):
     """Top-1 accuracy of an OpenVINO IR on (x, y)."""
-    from keras_compress.benchmark import compile_ir
-
     compiled = compile_ir(xml, precision)
     predictions = [compiled(x[i : i + batch_size])[0].argmax(-1) for i in range(0, len(x), batch_size)]
     return float(np.mean(np.concatenate(predictions) == y))
@@ -87,13 +89,6 @@ def run_demo(output="keras_compress_demo", epochs=None, fp32_epochs=30, verbose=
         verbose: Keras verbosity.
         seed: random seed.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-
-    import keras_compress as kc
-    from keras_compress.benchmark import benchmark_models, compile_ir
-    from keras_compress.statistics import format_table
-
     keras.utils.set_random_seed(seed)
     epochs = 8 if epochs is None else epochs
     (x_train, y_train), (x_test, y_test) = load_digits_split(seed=seed)
@@ -104,8 +99,8 @@ def run_demo(output="keras_compress_demo", epochs=None, fp32_epochs=30, verbose=
     model.fit(x_train, y_train, batch_size=64, epochs=fp32_epochs, verbose=verbose)
     fp32_acc = model.evaluate(x_test, y_test, verbose=0)[1]
 
-    config = kc.load_config(resources.files("keras_compress") / "configs" / DEMO_CONFIG)
-    compressed, ctrl = kc.compress(model, config, dataset=(x_train, y_train))
+    config = load_config(resources.files("keras_compress") / "configs" / DEMO_CONFIG)
+    compressed, ctrl = compress(model, config, dataset=(x_train, y_train))
     compressed.compile(optimizer=keras.optimizers.Adam(5e-4), loss=loss, metrics=["accuracy"])
     init_acc = compressed.evaluate(x_test, y_test, verbose=0)[1]
     compressed.fit(
@@ -114,8 +109,8 @@ def run_demo(output="keras_compress_demo", epochs=None, fp32_epochs=30, verbose=
     qat_acc = compressed.evaluate(x_test, y_test, verbose=0)[1]
 
     out = Path(output)
-    fp32_xml = kc.export(model, out / "fp32")
-    int8_xml = kc.export(compressed, out / "int8")
+    fp32_xml = export(model, out / "fp32")
+    int8_xml = export(compressed, out / "int8")
     fp32_ir_acc = evaluate_ir(fp32_xml, x_test, y_test, "f32")
     int8_ir_acc = evaluate_ir(int8_xml, x_test, y_test)
 

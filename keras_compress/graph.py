@@ -11,8 +11,133 @@ from __future__ import annotations
 import dataclasses
 
 import keras
+import numpy as np
 
-__all__ = ["iter_layers", "LayerCall", "ModelGraph", "trace_graph", "flatten_call_args", "fresh_copy"]
+__all__ = [
+    "ROLES",
+    "Node",
+    "ModelGraph",
+    "as_functional",
+    "flatten_call_args",
+    "fresh_copy",
+    "is_graph_model",
+    "iter_layers",
+    "layers_by_path",
+    "new_inputs",
+    "node_role",
+    "node_weights",
+    "trace_graph",
+]
+
+L = keras.layers
+#: Layer classes by role (see `node_role`). A layer class of its own can declare its role with a
+#: `compression_role` class attribute.
+_LAYER_ROLES = {
+    # Inference-time identities: output == input.
+    "identity": (
+        L.Identity, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
+        L.GaussianNoise, L.GaussianDropout, L.AlphaDropout, L.ActivityRegularization,
+    ),
+    # Each channel on its own, output values taken from the input (no new values).
+    "spatial": (
+        L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
+        L.Cropping1D, L.Cropping2D, L.Cropping3D,
+        L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D,
+        L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
+    ),
+    # Each channel on its own, new values.
+    "average_pool": (
+        L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
+        L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
+    ),
+    "channelwise": (L.UpSampling1D, L.UpSampling2D, L.UpSampling3D),
+    # Values moved to other positions or axes, none changed.
+    "reshape": (L.Reshape, L.Flatten, L.Permute, L.RepeatVector),
+    "activation": (L.Activation, L.ReLU, L.LeakyReLU, L.ELU),
+    "softmax": (L.Softmax,),
+    "batchnorm": (L.BatchNormalization,),
+    "merge": (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum),
+    "concat": (L.Concatenate,),
+    "matmul": (L.Dot,),
+}  # fmt: skip
+del L
+#: Class names of keras.ops operations (the objects `x + y` or `keras.ops.relu(x)` leave in a
+#: Functional graph) by role. The classes live in Keras' private modules: they are told by name.
+_OP_ROLES = {
+    "identity": ("StopGradient", "Copy"),
+    "reshape": ("Reshape", "Transpose", "ExpandDims", "Squeeze", "MoveAxis", "SwapAxes", "Flatten"),
+    "activation": (
+        "Relu", "Relu6", "Gelu", "Silu", "Sigmoid", "HardSigmoid", "HardSilu", "Tanh", "Elu", "Selu",
+        "LeakyRelu", "Softplus", "Softsign", "Mish", "Exp", "Abs", "Square", "Sqrt", "Rsqrt", "Negative",
+        "Erf", "Log", "Clip", "Round", "Cast",
+    ),
+    "softmax": ("Softmax", "LogSoftmax"),
+    "merge": ("Add", "Subtract", "Multiply", "Maximum", "Minimum"),
+    "concat": ("Concatenate",),
+    "matmul": ("Matmul", "Einsum", "Dot", "Tensordot"),
+}  # fmt: skip
+#: Binary elementwise ops: with a single tensor input (`x * 0.5`, `x + 1`) they act per element.
+_ELEMENTWISE_OPS = frozenset((*_OP_ROLES["merge"], "TrueDivide", "Divide", "Power"))
+#: Every role `node_role` returns.
+ROLES = (
+    "model", "weights", "identity", "spatial", "average_pool", "channelwise", "reshape", "activation",
+    "softmax", "batchnorm", "normalization", "merge", "concat", "matmul", "other",
+)  # fmt: skip
+
+
+def node_role(op, num_tensor_inputs=1, scalar_constants=True):
+    """What an operation of a graph is to compression, as one of `ROLES`.
+
+    - "model": a nested model; "weights": a layer with weights of its own (Conv, Dense, Embedding...,
+      but not BatchNormalization or LayerNormalization);
+    - "identity" (Dropout, Identity: output == input at inference), "spatial" (padding, cropping,
+      max pooling: each channel on its own, values taken from the input), "average_pool",
+      "channelwise" (upsampling), "reshape" (Reshape, Flatten, Permute, transpose...), "activation"
+      (ReLU, GELU, `x * 0.5`: one value from one value), "softmax", "batchnorm", "normalization"
+      (LayerNormalization and friends);
+    - "merge" (elementwise `Add`, `x + y`, `Multiply`...), "concat", "matmul" (`Dot`, `keras.ops.matmul`
+      or `einsum` between two tensors);
+    - "other": anything else (left alone by the algorithms that do not know it).
+
+    Args:
+        op: a layer or keras.ops operation of a Functional graph.
+        num_tensor_inputs: how many tensors the call received (a binary op on one tensor and a
+            constant is elementwise, not a merge).
+        scalar_constants: whether every constant operand of the call is a scalar (`x * 0.5` acts
+            per element; `x * vector` is "other": its constant has a channel axis of its own).
+
+    Example:
+        >>> node_role(keras.layers.ReLU()), node_role(keras.layers.Add(), 2)
+        ('activation', 'merge')
+    """
+    if isinstance(op, keras.Model):
+        return "model"
+    declared = getattr(type(op), "compression_role", None)
+    if declared in ROLES:
+        return declared
+    if isinstance(op, keras.layers.Layer):
+        for role, classes in _LAYER_ROLES.items():
+            if isinstance(op, classes):
+                activation = getattr(getattr(op, "activation", None), "__name__", "")
+                if role == "activation" and activation in ("softmax", "log_softmax"):
+                    return "softmax"
+                return role
+        if isinstance(op, (keras.layers.LayerNormalization, keras.layers.GroupNormalization,
+                           keras.layers.UnitNormalization)):  # fmt: skip
+            return "normalization"
+        return "weights" if op.weights else "other"
+    name = type(op).__name__
+    if name in _ELEMENTWISE_OPS and num_tensor_inputs < 2:
+        return "activation" if scalar_constants else "other"
+    for role, names in _OP_ROLES.items():
+        if name in names:
+            return role if role not in ("matmul", "concat") or num_tensor_inputs >= 2 else "other"
+    return "other"
+
+
+def node_weights(op):
+    """The weights of a graph operation (a keras.ops operation has none)."""
+    return list(getattr(op, "weights", None) or [])
 
 #: A tensor in the graph: (index of the producing call, output index). Model input i is (-1 - i, 0).
 TensorRef = tuple
@@ -30,6 +155,20 @@ def iter_layers(model, wrappers=True):
             yield layer
 
 
+def layers_by_path(model, path=""):
+    """`{"outer/inner/name": layer}` for the layers of `model` and of its nested models (not wrappers).
+
+    A layer of a compressed model and the original layer it was made from have the same path.
+    """
+    found = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found.update(layers_by_path(layer, f"{path}{layer.name}/"))
+        else:
+            found[f"{path}{layer.name}"] = layer
+    return found
+
+
 def fresh_copy(layer):
     """A new, unbuilt layer (or operation) with the same config.
 
@@ -41,6 +180,16 @@ def fresh_copy(layer):
     return layer.__class__.from_config(layer.get_config())
 
 
+def _scalar_constants(args, kwargs):
+    """Whether every array-like operand of a call that is not a tensor of the graph is a scalar."""
+    flat = keras.tree.flatten(list(args)) + keras.tree.flatten(dict(kwargs))
+    return all(
+        len(getattr(x, "shape", ())) == 0 or int(np.prod(x.shape)) == 1
+        for x in flat
+        if not isinstance(x, keras.KerasTensor) and hasattr(x, "shape")
+    )
+
+
 def flatten_call_args(args, kwargs):
     """The tensors among a call's arguments, in a fixed order (positional, then keywords)."""
     flat = keras.tree.flatten(list(args)) + keras.tree.flatten(dict(kwargs))
@@ -48,29 +197,43 @@ def flatten_call_args(args, kwargs):
 
 
 @dataclasses.dataclass
-class LayerCall:
-    """One call of a layer in the graph.
+class Node:
+    """One call of an operation (a layer, a nested model or a keras.ops operation) in the graph.
+
+    Every algorithm reads the graph through nodes: placement of activation quantizers, pruning
+    groups and layer selection. What an operation is to compression is its `role`.
 
     Attributes:
         index: position of the call in construction order.
-        layer: the original (user's) layer object.
+        layer: the original (user's) layer or operation.
         inputs: `TensorRef`s of the tensor arguments, in `flatten_call_args` order.
         num_outputs: how many tensors the call returned.
+        scalar_constants: whether every non-tensor array operand of the call is a scalar.
     """
 
     index: int
     layer: object
     inputs: list
     num_outputs: int
+    scalar_constants: bool = True
 
     @property
     def name(self):
         return self.layer.name
 
+    @property
+    def role(self):
+        """The operation's role (`node_role`), one of `ROLES`."""
+        return node_role(self.layer, len(self.inputs), self.scalar_constants)
+
+    @property
+    def weights(self):
+        return node_weights(self.layer)
+
 
 @dataclasses.dataclass
 class ModelGraph:
-    """Layer calls of a Functional model with their producer/consumer links."""
+    """The nodes of a Functional model (`calls`, in construction order) with producer/consumer links."""
 
     calls: list
     inputs: list
@@ -89,7 +252,7 @@ class ModelGraph:
         return self._consumers.get(ref, [])
 
     def producer(self, ref):
-        """The `LayerCall` that produced `ref`, or None for a model input."""
+        """The `Node` that produced `ref`, or None for a model input."""
         return self.calls[ref[0]] if ref[0] >= 0 else None
 
     def is_model_output(self, ref):
@@ -129,7 +292,7 @@ def trace_graph(model):
         result = layer(*args, **kwargs)
         outputs = keras.tree.flatten(result)
         index = len(calls)
-        calls.append(LayerCall(index, originals[id(layer)], inputs, len(outputs)))
+        calls.append(Node(index, originals[id(layer)], inputs, len(outputs), _scalar_constants(args, kwargs)))
         for j, t in enumerate(outputs):
             refs[id(t)] = (index, j)
             dtypes[(index, j)] = t.dtype
@@ -165,3 +328,59 @@ def new_inputs(model):
     return keras.tree.map_structure(
         lambda x: keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x.name), model.input
     )
+
+
+def is_graph_model(model):
+    """Whether `model` is a Sequential or Functional model (one whose graph can be traced)."""
+    if isinstance(model, keras.Sequential):
+        return True
+    if not isinstance(model, keras.Model):
+        return False
+    try:
+        config = model.get_config()
+    except Exception:  # noqa: BLE001 - subclassed models may raise anything here
+        return False
+    return isinstance(config, dict) and "layers" in config and "input_layers" in config
+
+
+def as_functional(model, input_shape=None):
+    """Returns `model` as a Functional model (Sequential models are converted, sharing layers).
+
+    Args:
+        model: a Sequential or Functional `keras.Model`.
+        input_shape: shape (without batch) used to build an unbuilt Sequential model.
+
+    Raises:
+        ValueError: for subclassed models, which have no graph to transform, and for
+            Sequential models whose input shape is unknown.
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a keras.Model. Received: model={type(model).__name__}")
+    if not is_graph_model(model):
+        raise ValueError(
+            "keras_compress transforms Sequential and Functional models (including nested "
+            f"ones). Received a subclassed model of type {type(model).__name__}, whose graph "
+            "cannot be cloned. Build the same network with the Functional API "
+            "(`keras.Model(inputs, outputs)`) and load its weights, or compress the Functional "
+            "sub-models it contains."
+        )
+    if isinstance(model, keras.Sequential):
+        if not model.built or not _has_inputs(model):
+            if input_shape is None:
+                raise ValueError(
+                    f"Sequential model {model.name!r} has no input shape. Start it with "
+                    "`keras.Input(shape)`, call `model.build(input_shape)`, or give "
+                    "`input_info.sample_size` in the config."
+                )
+            # Unbuilt: it has no weights yet, so build a copy and leave the user's model as is.
+            model = keras.models.clone_model(model)
+            model.build((None, *input_shape))
+        return keras.Model(model.inputs, model.outputs, name=model.name)
+    return model
+
+
+def _has_inputs(model):
+    try:
+        return bool(model.inputs)
+    except (AttributeError, ValueError):
+        return False

@@ -23,15 +23,14 @@ from keras_compress.quantization.quantizers import (  # noqa: E402
     fake_quantize,
     symmetric_range,
 )
-from keras_compress.quantization import range_init  # noqa: E402
-from keras_compress.quantization.range_init import (  # noqa: E402
-    RANGE_TYPES,
-    RangeCollector,
+from keras_compress import calibration  # noqa: E402
+from keras_compress.calibration import (  # noqa: E402
     activation_bytes_per_sample,
     iterate_batches,
     run_batches,
     split_batch,
 )
+from keras_compress.quantization.range_init import RANGE_TYPES, RangeCollector  # noqa: E402
 
 L = keras.layers
 
@@ -757,7 +756,7 @@ def test_range_init_and_bn_adaptation_split_large_batches_with_the_same_ranges(m
     config = quantization_config(bn_samples=64, init_samples=64)
     whole, _ = kc.compress(model, config, dataset=(x, y))
     per_sample = activation_bytes_per_sample(whole)
-    monkeypatch.setattr(range_init, "EAGER_ACTIVATION_BUDGET", 8 * per_sample)
+    monkeypatch.setattr(calibration, "EAGER_ACTIVATION_BUDGET", 8 * per_sample)
 
     split, _ = kc.compress(model, config, dataset=(x, y))
 

@@ -14,7 +14,8 @@ import pytest  # noqa: E402
 import keras_compress as kc  # noqa: E402
 from keras_compress.compressible import COMPRESSIBLE_LAYERS, call_with_weights, compressible_spec  # noqa: E402
 from keras_compress.graph import fresh_copy, iter_layers  # noqa: E402
-from keras_compress.transform import matches_scope, transform_model  # noqa: E402
+from keras_compress.selection import matches_scope  # noqa: E402
+from keras_compress.transform import transform_model  # noqa: E402
 from keras_compress.wrapper import WeightsWrapper  # noqa: E402
 
 L = keras.layers

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 from keras_compress.graph import fresh_copy, iter_layers
+from keras_compress.pruning import FilterPruningWrapper, remove_pruned_filters
 from keras_compress.wrapper import WeightsWrapper
 
 __all__ = ["strip_model"]
@@ -25,9 +26,6 @@ def strip_model(model, algorithms=()):
     Returns:
         A new `keras.Model`.
     """
-    from keras_compress.pruning.surgery import remove_pruned_filters
-    from keras_compress.pruning.wrapper import FilterPruningWrapper
-
     pruned = any(isinstance(layer, FilterPruningWrapper) for layer in iter_layers(model))
     copy = keras.models.clone_model(model, clone_function=fresh_copy, recursive=True)
     copy.set_weights(model.get_weights())

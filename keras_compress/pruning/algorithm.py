@@ -7,6 +7,7 @@ import logging
 import keras
 import numpy as np
 
+from keras_compress.algorithm import CompressionAlgorithm
 from keras_compress.compressible import compressible_spec, unsupported_reason
 from keras_compress.pruning.flops import model_costs, total_cost
 from keras_compress.pruning.groups import analyze_channels
@@ -22,7 +23,7 @@ from keras_compress.pruning.masks import (
 from keras_compress.pruning.surgery import remove_pruned_filters
 from keras_compress.pruning.wrapper import MASKED_KINDS, FilterPruningWrapper
 from keras_compress.schedules import pruning_schedule
-from keras_compress.transform import matches_scope
+from keras_compress.selection import in_scope
 from keras_compress.wrapper import WeightsWrapper
 
 __all__ = ["FilterPruningAlgorithm"]
@@ -30,7 +31,7 @@ __all__ = ["FilterPruningAlgorithm"]
 logger = logging.getLogger("keras_compress")
 
 
-class FilterPruningAlgorithm:
+class FilterPruningAlgorithm(CompressionAlgorithm):
     """NNCF-style filter pruning whose pruned filters are really removed at export.
 
     Every Conv/Dense layer gets a `FilterPruningWrapper`. The schedule raises the pruning level
@@ -46,7 +47,7 @@ class FilterPruningAlgorithm:
     name = "filter_pruning"
 
     def __init__(self, config, target_device="ANY"):
-        self.config = config
+        super().__init__(config, target_device)
         params = config.params
         self.flops_mode = params.pruning_flops_target is not None
         target = params.pruning_flops_target if self.flops_mode else params.pruning_target
@@ -71,9 +72,7 @@ class FilterPruningAlgorithm:
     def source_reason(self, layer, name, first):
         """Why a convolution's filters are not pruned under this config, or None."""
         cfg, params = self.config, self.config.params
-        names = [layer.name, name]
-        ignored = matches_scope(names, cfg.ignored_scopes)
-        if ignored or (cfg.target_scopes and not matches_scope(names, cfg.target_scopes)):
+        if not in_scope([layer.name, name], cfg.target_scopes, cfg.ignored_scopes):
             return "excluded by scopes"
         if first and not params.prune_first_conv:
             return "first convolution (prune_first_conv is false)"

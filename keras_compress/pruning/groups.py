@@ -22,35 +22,14 @@ import keras
 import numpy as np
 
 from keras_compress.compressible import compressible_spec
-from keras_compress.graph import trace_graph
+from keras_compress.graph import as_functional, node_role, node_weights, trace_graph
 from keras_compress.pruning.wrapper import kernel_axes
-from keras_compress.quantization.fake_quantize import FakeQuantize
-from keras_compress.transform import as_functional
 from keras_compress.wrapper import unwrap
 
 __all__ = ["Layout", "PruningGroup", "LayerUse", "ChannelAnalysis", "analyze_channels"]
 
-L = keras.layers
-#: Layers that act on each channel on its own: the output has the input's channel layout.
-CHANNELWISE_LAYERS = (
-    L.Activation, L.ReLU, L.LeakyReLU, L.ELU, L.Identity, L.ActivityRegularization,
-    L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
-    L.GaussianNoise, L.GaussianDropout, L.AlphaDropout,
-    L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
-    L.Cropping1D, L.Cropping2D, L.Cropping3D,
-    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D,
-    L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
-    L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
-    L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
-    L.UpSampling1D, L.UpSampling2D, L.UpSampling3D,
-    FakeQuantize,
-)  # fmt: skip
-#: Element-wise merges: their inputs' channels are pruned together, with the same indices.
-MERGE_LAYERS = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
-#: Activations that mix channels (a channel-wise layer with one of them blocks pruning).
-CHANNEL_MIXING_ACTIVATIONS = ("softmax", "log_softmax")
-del L
-
+#: Node roles that act on each channel on its own: the output has the input's channel layout.
+CHANNELWISE_ROLES = ("identity", "spatial", "average_pool", "channelwise", "activation")
 #: Compressible-layer kinds whose input channels can be sliced.
 CONSUMER_KINDS = ("conv", "dense", "conv_transpose")
 
@@ -244,34 +223,35 @@ class _Builder:
         name = f"{path}{layer.name}"
         shapes = _output_shapes(layer, call.num_outputs)
         cls = type(base).__name__
-        if isinstance(base, keras.Model):
+        role = node_role(base, len(call.inputs), call.scalar_constants)
+        channels_first = getattr(base, "data_format", "channels_last") == "channels_first"
+        if role == "model":
             self.block(ins, f"input of nested model {name!r}")
             self.walk(as_functional(base), f"{name}/", input_origin=self.origin(ins))
             return self.fixed(ins, shapes, f"output of nested model {name!r}")
-        if _is_channelwise(base):  # a shared fake quantizer (Concatenate inputs) included
+        if role in CHANNELWISE_ROLES and not channels_first:  # a shared fake quantizer included
             return [ins[0]]
-        weights = getattr(base, "weights", None)  # keras.ops operations in the graph have none
+        weights = node_weights(base)
         if shared and weights:
             self.block(ins, f"input of shared layer {name!r}")
             self.other(name, layer)
             return self.fixed(ins, shapes, f"output of shared layer {name!r}")
         spec = compressible_spec(base)
         kind = spec.kind if spec is not None else None
-        channels_first = getattr(base, "data_format", "channels_last") == "channels_first"
         if kind in CONSUMER_KINDS and not channels_first and getattr(base, "groups", 1) == 1:
             return self.consumer(layer, base, name, kind, ins[0], shapes)
         if kind == "depthwise" and not channels_first and base.depth_multiplier == 1 and ins[0].spatial == 1:
             self.uses.append(LayerUse(name, layer, "depthwise", ins[0], ins[0], _positions(shapes[0])))
             return [ins[0]]
-        if isinstance(base, keras.layers.BatchNormalization) and _is_last_axis(base.axis, shapes[0]):
+        if role == "batchnorm" and _is_last_axis(base.axis, shapes[0]):
             self.uses.append(LayerUse(name, layer, "batchnorm", ins[0], ins[0]))
             return [ins[0]]
         if isinstance(base, keras.layers.Flatten) and not channels_first:
             return [self.flatten(layer, ins[0], name)]
-        if isinstance(base, MERGE_LAYERS):
+        if role == "merge":
             return [self.merge(ins, shapes, name, cls)]
-        if isinstance(base, keras.layers.Concatenate):
-            if _is_last_axis(base.axis, shapes[0]) and all(layout.spatial == 1 for layout in ins):
+        if role == "concat":
+            if _is_last_axis(getattr(base, "axis", None), shapes[0]) and all(layout.spatial == 1 for layout in ins):
                 return [Layout(tuple(p for layout in ins for p in layout.parts))]
             return [self.merge(ins, shapes, name, cls)]
         if weights:
@@ -406,18 +386,7 @@ def _positions(shape):
 
 
 def _is_last_axis(axis, shape):
+    if axis is None:
+        return False
     axes = axis if isinstance(axis, (list, tuple)) else [axis]
     return shape is not None and len(axes) == 1 and axes[0] % len(shape) == len(shape) - 1
-
-
-def _is_channelwise(layer):
-    if not isinstance(layer, CHANNELWISE_LAYERS):
-        return False
-    if getattr(layer, "data_format", "channels_last") == "channels_first":
-        return False
-    if isinstance(layer, FakeQuantize) and layer.spec.per_channel:
-        return False
-    if isinstance(layer, keras.layers.Activation):
-        name = getattr(layer.activation, "__name__", "")
-        return name not in CHANNEL_MIXING_ACTIVATIONS
-    return True

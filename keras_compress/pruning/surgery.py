@@ -12,10 +12,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from keras_compress.graph import iter_layers
+from keras_compress.graph import as_functional, iter_layers
 from keras_compress.pruning.groups import analyze_channels
 from keras_compress.pruning.wrapper import FilterPruningWrapper, kernel_axes
-from keras_compress.transform import as_functional
 from keras_compress.wrapper import WeightsWrapper
 
 __all__ = ["remove_pruned_filters", "removable_channels", "slicing_plan"]

@@ -9,23 +9,22 @@ import types
 import keras
 import numpy as np
 
-from keras_compress.compressible import (
-    LAMBDA_REASON,
-    UNCOMPRESSED_BY_DESIGN,
-    compressible_spec,
-    unsupported_reason,
-)
-from keras_compress.graph import iter_layers
+from keras_compress.algorithm import CompressionAlgorithm
+from keras_compress.calibration import run_batches
+from keras_compress.compressible import compressible_spec
+from keras_compress.graph import iter_layers, layers_by_path
 from keras_compress.quantization.fake_quantize import FakeQuantize
-from keras_compress.quantization.placement import (
-    AGNOSTIC_LAYERS,
-    UNIFIED_MERGE_LAYERS,
-    plan_activation_quantizers,
+from keras_compress.quantization.placement import AGNOSTIC_ROLES, plan_activation_quantizers
+from keras_compress.quantization.precision import (
+    assign_bitwidths,
+    hutchinson_traces,
+    loss_perturbations,
+    quantization_error,
 )
 from keras_compress.quantization.quantize_wrapper import QuantizeWrapper
 from keras_compress.quantization.quantizers import QuantizerSpec
-from keras_compress.quantization.range_init import RangeCollector, run_batches
-from keras_compress.transform import matches_scope
+from keras_compress.quantization.range_init import RangeCollector
+from keras_compress.selection import LayerSelection, in_scope, matches_scope
 from keras_compress.wrapper import unwrap
 
 __all__ = ["QuantizationAlgorithm"]
@@ -36,7 +35,7 @@ logger = logging.getLogger("keras_compress")
 WEIGHT_KINDS = ("conv", "depthwise", "separable", "conv_transpose", "dense", "einsum_dense")
 
 
-class QuantizationAlgorithm:
+class QuantizationAlgorithm(CompressionAlgorithm):
     """Uniform fake quantization of weights and activations (config `"algorithm": "quantization"`).
 
     Args:
@@ -47,9 +46,10 @@ class QuantizationAlgorithm:
     name = "quantization"
 
     def __init__(self, config, target_device="ANY"):
-        self.config = config
-        self.target_device = target_device
-        self.skipped = {}  # layer path -> reason its weights are not quantized
+        super().__init__(config, target_device)
+        self.selection = LayerSelection(
+            WEIGHT_KINDS, lambda names: self._in_scope(names, config.weights), "{kind} weights are not quantized"
+        )
         self.first_layer_ids = set()
         self.precision = config.initializer.precision
         self.precision_rows = []  # [layer, parameters, sensitivity, bits] after mixed precision
@@ -66,30 +66,18 @@ class QuantizationAlgorithm:
 
     def _in_scope(self, names, group):
         cfg = self.config
-        ignored = list(cfg.ignored_scopes) + list(group.ignored_scopes)
-        targets = list(cfg.target_scopes) + list(group.target_scopes)
-        if matches_scope(names, ignored):
-            return False
-        return not targets or matches_scope(names, targets)
+        return in_scope(
+            names, [*cfg.target_scopes, *group.target_scopes], [*cfg.ignored_scopes, *group.ignored_scopes]
+        )
+
+    @property
+    def skipped(self):
+        """`{layer path: reason}` of the layers whose weights are not quantized."""
+        return self.selection.skipped
 
     def selects_weights(self, layer, path=""):
         """Whether `layer`'s weights get quantized; records the reason when they do not."""
-        if not layer.weights or isinstance(layer, keras.Model):
-            if isinstance(layer, keras.layers.Lambda):
-                self.skipped[f"{path}{layer.name}"] = LAMBDA_REASON
-            return False  # nested models are transformed layer by layer
-        names = self._names(layer, path)
-        spec = compressible_spec(layer)
-        reason = unsupported_reason(layer)
-        if reason is None and spec.kind not in WEIGHT_KINDS:
-            reason = f"{spec.kind} weights are not quantized"
-        if reason is None and not self._in_scope(names, self.config.weights):
-            reason = "excluded by scopes"
-        if reason is not None:
-            if not isinstance(layer, UNCOMPRESSED_BY_DESIGN):
-                self.skipped[names[1]] = reason
-            return False
-        return True
+        return self.selection.selects(layer, path)
 
     def _settings(self, group, names):
         """The group's quantizer settings with the first matching `scope_overrides` entry applied."""
@@ -144,9 +132,7 @@ class QuantizationAlgorithm:
     def plan(self, graph, path):
         """The activation quantizers of one (sub)model: see `plan_activation_quantizers`."""
         self.first_layer_ids |= _first_layers(graph)
-        weight_quantized = {
-            id(call.layer) for call in graph.calls if self.selects_weights(call.layer, path)
-        }
+        weight_quantized = {id(node.layer) for node in graph.calls if self.selects_weights(node.layer, path)}
         act = self.config.activations
 
         def is_ignored(name):
@@ -154,9 +140,9 @@ class QuantizationAlgorithm:
 
         unified_scopes = [scope for group in act.unified_scale_ops or [] for scope in group]
 
-        def is_unified(layer):
-            names = [layer.name, f"{path}{layer.name}"]
-            return isinstance(layer, UNIFIED_MERGE_LAYERS) or matches_scope(names, unified_scopes)
+        def is_unified(node):
+            names = [node.name, f"{path}{node.name}"]
+            return node.role == "concat" or matches_scope(names, unified_scopes)
 
         return plan_activation_quantizers(
             graph,
@@ -183,22 +169,33 @@ class QuantizationAlgorithm:
     def num_init_samples(self):
         return max((c.num_init_samples for c in _range_configs(self.config)), default=0)
 
-    def initialize_precision(self, model, pairs, original_model, batches):
+    def calibration_samples(self, model):
+        """Range init's samples (when `model` has activation quantizers) and mixed precision's."""
+        samples = self.num_init_samples() if self.activation_quantizers(model) else 0
+        if self.precision is not None and self.precision.type == "hawq":
+            samples = max(samples, self.precision.num_data_points)
+        return samples
+
+    def passthrough_layers(self, model):
+        """The activation quantizers: their ranges are set after BatchNorm adaptation."""
+        return self.activation_quantizers(model)
+
+    def initialize_weights(self, model, batches, original_model=None):
+        """Mixed precision (from `original_model`), then weight ranges from the weights."""
+        if original_model is not None:
+            self.initialize_precision(model, original_model, batches)
+        for wrapper in self.weight_wrappers(model):
+            wrapper.initialize_ranges_from_weights()
+
+    def initialize_precision(self, model, original_model, batches):
         """Mixed precision (`initializer.precision.type: hawq`): bits per layer by sensitivity.
 
         Args:
             model: the compressed model.
-            pairs: `(original_layer, new_layer, path)` from the transformation.
-            original_model: the FP32 model (its Hessian / loss is measured).
+            original_model: the FP32 model (its Hessian / loss is measured); its layers have the
+                paths of the compressed model's layers.
             batches: calibration input batches.
         """
-        from keras_compress.quantization.precision import (
-            assign_bitwidths,
-            hutchinson_traces,
-            loss_perturbations,
-            quantization_error,
-        )
-
         precision = self.precision
         if precision is None or precision.type != "hawq":
             if precision is not None and precision.type == "autoq":
@@ -207,17 +204,16 @@ class QuantizationAlgorithm:
                     "not supported. Use 'hawq' (sensitivity-based) or 'manual'."
                 )
             return
-        wrappers = {id(w): w for w in self.weight_wrappers(model)}
+        originals = layers_by_path(original_model)
         kernels, axes, owners = {}, {}, {}
-        for original, new, path in pairs:
-            layer = new
-            while not isinstance(layer, QuantizeWrapper) and hasattr(layer, "layer"):
+        for path, layer in layers_by_path(model).items():
+            while not isinstance(layer, QuantizeWrapper) and isinstance(layer, keras.layers.Wrapper):
                 layer = layer.layer
-            if id(layer) not in wrappers:
+            if not isinstance(layer, QuantizeWrapper) or path not in originals:
                 continue
             for attr, quantizer in layer.quantizers.items():
-                name = f"{path}{original.name}/{attr}"
-                kernels[name] = getattr(original, attr)
+                name = f"{path}/{attr}"
+                kernels[name] = getattr(originals[path], attr)
                 axes[name] = quantizer.spec.axis if quantizer.spec.axis is not None else -1
                 owners[name] = (layer, attr)
         data, seen = [], 0
@@ -256,11 +252,7 @@ class QuantizationAlgorithm:
             )
             self.precision_rows.append([name, sizes[name], score[name], bits])
 
-    def initialize_weights(self, model):
-        for wrapper in self.weight_wrappers(model):
-            wrapper.initialize_ranges_from_weights()
-
-    def initialize_activations(self, model, batches, verbose=1):
+    def initialize(self, model, batches, verbose=1):
         """Sets every activation quantizer's range (and signedness) from calibration data.
 
         Runs the model eagerly with activation quantizers passing their inputs through, and
@@ -354,8 +346,6 @@ class QuantizationAlgorithm:
         }
 
 
-
-
 def _range_configs(config):
     rng = config.initializer.range
     return list(rng) if isinstance(rng, (list, tuple)) else [rng]
@@ -385,9 +375,9 @@ def _first_layers(graph):
         while frontier:
             current = frontier.pop()
             for index, _ in graph.consumers(current):
-                call = graph.calls[index]
-                if isinstance(call.layer, AGNOSTIC_LAYERS):
-                    frontier.extend((index, j) for j in range(call.num_outputs))
+                node = graph.calls[index]
+                if node.role in AGNOSTIC_ROLES:
+                    frontier.extend((index, j) for j in range(node.num_outputs))
                 else:
-                    first.add(id(call.layer))
+                    first.add(id(node.layer))
     return first

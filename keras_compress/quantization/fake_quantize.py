@@ -30,6 +30,10 @@ class FakeQuantize(keras.layers.Layer):
         (2, 3)
     """
 
+    #: What the layer is to the graph analysis (`keras_compress.graph.node_role`): one value from one
+    #: value, so pruning passes channels through it.
+    compression_role = "activation"
+
     def __init__(self, mode="symmetric", bits=8, signed=None, narrow_range=False, **kwargs):
         super().__init__(**kwargs)
         self.quantizer = Quantizer(

@@ -1,6 +1,6 @@
 """Where activation quantizers go: a pure function over the model graph.
 
-The rules follow what OpenVINO's CPU plugin needs to run layers in INT8 (see DESIGN.md):
+The rules follow what OpenVINO's CPU plugin needs to run layers in INT8 (see docs/quantization.md):
 - the inputs of weight-quantized layers, average pooling and model inputs get a quantizer;
 - one quantizer per tensor is shared by all such consumers, and it moves up through
   precision-preserving layers (padding, max pooling, reshape, dropout, ...) when every consumer
@@ -20,30 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 
-import keras
+__all__ = ["ActivationPlan", "plan_activation_quantizers", "AGNOSTIC_ROLES", "QUANTIZED_INPUT_ROLES"]
 
-__all__ = ["ActivationPlan", "plan_activation_quantizers", "AGNOSTIC_LAYERS", "MERGE_LAYERS"]
-
-L = keras.layers
-#: Layers whose output is on the input's quantization grid when the input is (precision preserving).
-AGNOSTIC_LAYERS = (
-    L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
-    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D,
-    L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
-    L.Reshape, L.Flatten, L.Permute, L.RepeatVector, L.Identity,
-    L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
-    L.Cropping1D, L.Cropping2D, L.Cropping3D,
-)  # fmt: skip
-#: Layers whose inputs are quantized with their own (per-tensor) quantizer.
-POOLING_LAYERS = (
-    L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
-    L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
-)  # fmt: skip
-#: Merge layers whose inputs are quantized.
-MERGE_LAYERS = (L.Add, L.Concatenate, L.Average, L.Subtract, L.Maximum, L.Minimum, L.Multiply)
-#: Merge layers whose inputs share one quantizer by default.
-UNIFIED_MERGE_LAYERS = (L.Concatenate,)
-del L
+#: Node roles whose output is on the input's quantization grid when the input is (precision
+#: preserving): a tensor quantizer moves up through them.
+AGNOSTIC_ROLES = ("identity", "spatial", "reshape")
+#: Node roles whose inputs are quantized: average pooling and merges (`Add`, `x + y`, Concatenate).
+QUANTIZED_INPUT_ROLES = ("average_pool", "merge", "concat")
 
 
 @dataclasses.dataclass
@@ -72,7 +55,7 @@ def plan_activation_quantizers(
     quantize_inputs=True,
     quantize_outputs=False,
     is_ignored=lambda name: False,
-    is_unified=lambda layer: isinstance(layer, UNIFIED_MERGE_LAYERS),
+    is_unified=lambda node: node.role == "concat",
 ):
     """Decides where the activation quantizers of a model go.
 
@@ -81,8 +64,8 @@ def plan_activation_quantizers(
         weight_quantized: set of ids of the original layers whose weights are quantized.
         quantize_inputs: quantize model inputs (NNCF `quantize_inputs`).
         quantize_outputs: quantize model outputs (NNCF `quantize_outputs`).
-        is_ignored: predicate on a consumer layer name: True skips its input quantizers.
-        is_unified: predicate on a merge layer: True makes its inputs share one quantizer.
+        is_ignored: predicate on a consumer node name: True skips its input quantizers.
+        is_unified: predicate on a merge node: True makes its inputs share one quantizer.
 
     Returns:
         An `ActivationPlan`.
@@ -91,10 +74,9 @@ def plan_activation_quantizers(
     edges = {}
     names = {}
     for call in graph.calls:
-        layer = call.layer
-        merge = isinstance(layer, MERGE_LAYERS) and is_unified(layer)
-        quantizing = isinstance(layer, (POOLING_LAYERS, MERGE_LAYERS))
-        if not (id(layer) in weight_quantized or quantizing):
+        role = call.role
+        merge = role in ("merge", "concat") and is_unified(call)
+        if not (id(call.layer) in weight_quantized or role in QUANTIZED_INPUT_ROLES):
             continue
         if is_ignored(call.name):
             continue
@@ -117,7 +99,7 @@ def plan_activation_quantizers(
         producer = graph.producer(ref)
         if (
             producer is not None
-            and isinstance(producer.layer, AGNOSTIC_LAYERS)
+            and producer.role in AGNOSTIC_ROLES
             and len(producer.inputs) == 1
             and needs[ref] == set(graph.consumers(ref))
             and not graph.is_model_output(ref)

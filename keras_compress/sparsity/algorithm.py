@@ -2,36 +2,25 @@
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 from keras import ops
 
-from keras_compress.compressible import (
-    LAMBDA_REASON,
-    UNCOMPRESSED_BY_DESIGN,
-    compressible_spec,
-    unsupported_reason,
-)
+from keras_compress.algorithm import CompressionAlgorithm
 from keras_compress.graph import iter_layers
 from keras_compress.schedules import AdaptiveSchedule, sparsity_schedule
+from keras_compress.selection import LayerSelection, in_scope, matches_scope
 from keras_compress.sparsity.functions import magnitude_masks, sparsity_level
 from keras_compress.sparsity.wrappers import (
     MagnitudeSparsityWrapper,
     MovementSparsityWrapper,
     RBSparsityWrapper,
 )
-from keras_compress.transform import matches_scope
 from keras_compress.wrapper import unwrap
 
-__all__ = [
-    "MagnitudeSparsityAlgorithm",
-    "RBSparsityAlgorithm",
-    "MovementSparsityAlgorithm",
-    "SPARSITY_ALGORITHMS",
-]
+__all__ = ["MagnitudeSparsityAlgorithm", "RBSparsityAlgorithm", "MovementSparsityAlgorithm"]
 
 
-class _SparsityAlgorithm:
+class _SparsityAlgorithm(CompressionAlgorithm):
     """Shared parts: layer selection by type and scopes, schedule bookkeeping, statistics."""
 
     name = ""
@@ -39,36 +28,24 @@ class _SparsityAlgorithm:
     kinds = ("conv", "depthwise", "separable", "conv_transpose", "dense", "einsum_dense", "embedding")
 
     def __init__(self, config, target_device="ANY"):
-        self.config = config
-        self.skipped = {}
+        super().__init__(config, target_device)
+        self.selection = LayerSelection(
+            self.kinds,
+            lambda names: in_scope(names, config.target_scopes, config.ignored_scopes),
+            f"{{kind}} layers are not sparsified by {self.name}",
+        )
         self.level = 0.0
         self.epoch = 0.0
         self.steps_per_epoch = getattr(config.params, "steps_per_epoch", None)
 
     # ----------------------------------------------------------------- selection
-    def selects(self, layer, path=""):
-        if not layer.weights or isinstance(layer, keras.Model):
-            if isinstance(layer, keras.layers.Lambda):
-                self.skipped[f"{path}{layer.name}"] = LAMBDA_REASON
-            return False
-        names = [layer.name, f"{path}{layer.name}"]
-        spec = compressible_spec(layer)
-        reason = unsupported_reason(layer)
-        if reason is None and spec.kind not in self.kinds:
-            reason = f"{spec.kind} layers are not sparsified by {self.name}"
-        if reason is None:
-            if matches_scope(names, self.config.ignored_scopes) or (
-                self.config.target_scopes and not matches_scope(names, self.config.target_scopes)
-            ):
-                reason = "excluded by scopes"
-        if reason is not None:
-            if spec is not None or not isinstance(layer, UNCOMPRESSED_BY_DESIGN):
-                self.skipped[names[1]] = reason
-            return False
-        return True
+    @property
+    def skipped(self):
+        """`{layer path: reason}` of the layers left dense."""
+        return self.selection.skipped
 
     def wrap(self, original, layer, path):
-        if not self.selects(original, path):
+        if not self.selection.selects(original, path):
             return layer
         return self.make_wrapper(original, layer, path)
 
@@ -163,8 +140,6 @@ class _ScheduledSparsity(_SparsityAlgorithm):
         super().set_state(state)
         if "adaptive" in state:
             self.schedule.set_state(state["adaptive"])
-
-
 
 
 class MagnitudeSparsityAlgorithm(_ScheduledSparsity):
@@ -310,9 +285,3 @@ class MovementSparsityAlgorithm(_SparsityAlgorithm):
     def set_state(self, state):
         super().set_state(state)
         self.init_threshold = state.get("init_threshold")
-
-
-#: config algorithm name -> algorithm class.
-SPARSITY_ALGORITHMS = {
-    cls.name: cls for cls in (MagnitudeSparsityAlgorithm, RBSparsityAlgorithm, MovementSparsityAlgorithm)
-}

@@ -1,11 +1,14 @@
-"""BatchNormalization adaptation: re-estimate BN statistics on calibration data."""
+"""BatchNormalization adaptation: re-estimate BN statistics on calibration data.
+
+An initializer shared by every algorithm: `kc.compress` runs it after compressing the model.
+"""
 
 from __future__ import annotations
 
 import keras
 
+from keras_compress.calibration import run_batches
 from keras_compress.graph import iter_layers
-from keras_compress.quantization.range_init import run_batches
 
 __all__ = ["adapt_batchnorm", "batchnorm_layers"]
 

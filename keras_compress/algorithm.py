@@ -1,0 +1,104 @@
+"""The interface every compression algorithm implements; the controller knows nothing else of them.
+
+An algorithm object is made from its config section (`cls(section, target_device)`) and takes part in
+every stage of a model's compression:
+
+- plan, while the transformer clones the model: `wrap(original, layer, path)` swaps a layer for its
+  wrapper, `plan(graph, path)` and `make_layer(key, plan)` insert layers on graph edges;
+- initialize, in `kc.compress` with the calibration data: `calibration_samples(model)`,
+  `initialize_weights(model, batches, original_model)`, `passthrough_layers(model)`,
+  `initialize(model, batches, verbose)`;
+- schedule, from the controller's callbacks: `on_compress`, `set_steps_per_epoch`, `on_train_begin`,
+  `on_epoch_begin`, `on_train_batch_begin` (and `set_level` for accuracy-aware training);
+- report: `statistics(model)`; export: `strip(model)`; state: `get_state()`, `set_state(state)`.
+
+Initialization runs in this order for all algorithms together: `initialize_weights` (data-free or
+weight-side: weight ranges, mixed precision), BatchNorm adaptation (with every algorithm's
+`passthrough_layers` passing their inputs through), then `initialize` (activation ranges).
+"""
+
+from __future__ import annotations
+
+__all__ = ["CompressionAlgorithm"]
+
+
+class CompressionAlgorithm:
+    """Base class of the algorithms: every hook does nothing, so an algorithm overrides what it uses.
+
+    Args:
+        config: the algorithm's config section.
+        target_device: the config's `target_device`.
+
+    Attributes:
+        name: the config's `algorithm` name.
+        level: the current compression level (pruning, sparsity), or None.
+    """
+
+    name = ""
+    level = None
+
+    def __init__(self, config, target_device="ANY"):
+        self.config = config
+        self.target_device = target_device
+
+    # ----------------------------------------------------------------- plan
+    def wrap(self, original, layer, path):
+        """The layer to put in the clone for `original` (`layer` is its fresh copy, maybe wrapped already)."""
+        return layer
+
+    def plan(self, graph, path):
+        """Layers to insert on the edges of one (sub)model's `graph`, or None. See `transform_model`."""
+        return None
+
+    def make_layer(self, key, plan):
+        """The layer inserted for a key of this algorithm's `plan`."""
+        raise ValueError(f"{type(self).__name__} inserts no layers. Received: key={key!r}")
+
+    # ----------------------------------------------------------------- initialize
+    def calibration_samples(self, model):
+        """How many calibration samples initialization of `model` reads (0: it needs no data)."""
+        return 0
+
+    def initialize_weights(self, model, batches, original_model=None):
+        """Weight-side initialization, before BatchNorm adaptation. `batches` is an iterable of inputs."""
+
+    def passthrough_layers(self, model):
+        """Layers of `model` with an `enabled` switch that must pass their inputs through while
+        BatchNorm statistics are re-estimated (activation quantizers whose ranges are not set yet)."""
+        return []
+
+    def initialize(self, model, batches, verbose=1):
+        """Data-driven initialization after BatchNorm adaptation (activation ranges); `verbose`
+        shows a progress bar."""
+
+    # ----------------------------------------------------------------- schedule
+    def on_compress(self, model):
+        """Right after the compressed model is built (before initialization)."""
+
+    def set_steps_per_epoch(self, steps):
+        """`fit`'s steps per epoch, for per-step schedules."""
+
+    def on_train_begin(self, model):
+        """When `fit` starts."""
+
+    def on_epoch_begin(self, model, epoch):
+        """At the start of every epoch (0-based)."""
+
+    def on_train_batch_begin(self, model, step):
+        """Before every optimizer step, with the global step."""
+
+    # ----------------------------------------------------------------- report, export, state
+    def statistics(self, model):
+        """`{"figures": {name: number}, table name: (header, rows), ..., "skipped": {layer: reason}}`."""
+        return {"figures": {}}
+
+    def strip(self, model):
+        """A model-level export transform of an already stripped model (filter pruning removes filters)."""
+        return model
+
+    def get_state(self):
+        """What `set_state` needs to continue the schedule (plain Python values)."""
+        return {}
+
+    def set_state(self, state):
+        """Restores what `get_state` returned."""

@@ -1,0 +1,160 @@
+"""Loading a config: from a path, a dict or a JSON string, validated, with notices for unused keys."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from keras_compress.config.document import (
+    ALGORITHM_NAMES,
+    ALGORITHMS,
+    IGNORED_ALGORITHMS,
+    PYTORCH_ONLY_KEYS,
+    CompressionConfig,
+    is_ignored,
+)
+from keras_compress.config.errors import ConfigError, ConfigWarning, ErrorSchema, json_type, translate_errors
+from keras_compress.config.quantization import UNION_TAGS
+
+__all__ = ["load_config", "json_schema"]
+
+_ERROR_SCHEMA = ErrorSchema(
+    root=CompressionConfig,
+    algorithms=ALGORITHMS,
+    algorithm_names=ALGORITHM_NAMES,
+    known_algorithms=ALGORITHM_NAMES + IGNORED_ALGORITHMS,
+    union_tags=UNION_TAGS,
+)
+
+
+def load_config(source: str | os.PathLike | dict | CompressionConfig) -> CompressionConfig:
+    """Loads and validates a compression config; never evaluates code.
+
+    Args:
+        source: a path to a JSON file, a dict, a JSON string (a str starting with `{` or `[`),
+            or a `CompressionConfig` (returned as it is).
+
+    Returns:
+        The validated config, with defaults and presets filled in.
+
+    Raises:
+        ConfigError: listing every problem found, each with its JSON path.
+
+    Warns:
+        ConfigWarning: once for all top-level keys keras_compress does not use (kept in `extra`), and
+            once for each PyTorch-only NNCF key or algorithm (stored, no effect).
+
+    Example:
+
+    ```python
+    config = load_config('{"compression": {"algorithm": "filter_pruning", "params": {"pruning_target": 0.4}}}')
+    config.get_algorithm("filter_pruning").params.pruning_target  # 0.4
+    ```
+    """
+    if isinstance(source, CompressionConfig):
+        return source
+    raw = _read(source)
+    if not isinstance(raw, dict):
+        raise ConfigError([("$", f"the config must be a JSON object (received {json_type(raw)})")])
+    single = {key for key in ("input_info", "compression") if isinstance(raw.get(key), dict)}
+    sections = raw.get("compression")
+    sections = [sections] if isinstance(sections, dict) else sections if isinstance(sections, list) else []
+    kept = [index for index, section in enumerate(sections) if not is_ignored(section)]
+    try:
+        config = CompressionConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(translate_errors(err, _ERROR_SCHEMA, single, kept)) from None
+    for message in _notices(config, sections, single):
+        warnings.warn(message, ConfigWarning, stacklevel=2)
+    return config
+
+
+def json_schema() -> dict[str, Any]:
+    """Returns the JSON Schema of a compression config.
+
+    Returns:
+        A JSON Schema (draft 2020-12) dict; `properties.compression` describes the algorithms.
+
+    Example:
+
+    ```python
+    sorted(json_schema()["properties"])[:3]  # ['accuracy_aware_training', 'compression', ...]
+    ```
+    """
+    return CompressionConfig.model_json_schema()
+
+
+def _read(source: Any) -> Any:
+    """Returns the parsed JSON of `source` (or `source` itself when it is a dict)."""
+    if isinstance(source, dict):
+        return source
+    if isinstance(source, str) and source.lstrip()[:1] in ("{", "["):
+        text = source
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except FileNotFoundError:
+            raise ConfigError([("$", f"config file not found: '{path}'")]) from None
+        except IsADirectoryError:
+            raise ConfigError([("$", f"config path is a directory, not a JSON file: '{path}'")]) from None
+        except (OSError, ValueError) as err:  # permissions, bad encoding, NUL in the path, ...
+            raise ConfigError([("$", f"cannot read config file '{path}': {err}")]) from None
+    else:
+        raise ConfigError([("$", "`source` must be a path, a dict, a JSON string or a CompressionConfig. "
+                                 f"Received: {type(source).__name__}")])
+    try:
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_reject_duplicates)
+    except json.JSONDecodeError as err:
+        raise ConfigError([("$", f"invalid JSON: {err.msg} at line {err.lineno} column {err.colno}")]) from None
+    except (ValueError, RecursionError) as err:
+        raise ConfigError([("$", f"invalid JSON: {err}")]) from None
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        duplicate = next(key for index, (key, _) in enumerate(pairs) if key in dict(pairs[:index]))
+        raise ValueError(f"key '{duplicate}' appears twice in one object")
+    return data
+
+
+def _notices(config: CompressionConfig, sections: list, single: set[str]) -> list[str]:
+    """Returns the warnings for a loaded config: unused top-level keys, PyTorch-only keys and algorithms."""
+    notices = []
+    if config.extra:
+        known = [name for name in CompressionConfig.model_fields if name not in ("extra", "ignored_algorithms")]
+        names = []
+        for key in config.extra:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+            names.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        notices.append(f"keys not used by keras_compress (training-script settings, kept in `extra`): "
+                       f"{', '.join(names)}")
+    located = [("", {k: getattr(config, k) for k in PYTORCH_ONLY_KEYS[""]}, "")]
+    for index, section in enumerate(sections):
+        where = "compression" if "compression" in single else f"compression[{index}]"
+        if is_ignored(section):
+            notices.append(f"{where}: algorithm '{section['algorithm']}' is PyTorch-only in NNCF and has no "
+                           "effect in keras_compress (kept in `ignored_algorithms`)")
+        else:
+            located.append((where, section, section["algorithm"]))
+    for where, section, algorithm in located:
+        for dotted in PYTORCH_ONLY_KEYS.get(algorithm, ()) + (PYTORCH_ONLY_KEYS["*"] if algorithm else ()):
+            *parents, key = dotted.split(".")
+            node = section
+            for parent in parents:
+                node = node.get(parent) or {}
+            if node.get(key) is not None:
+                path = ".".join(filter(None, [where, dotted]))
+                notices.append(f"{path}: PyTorch-only in NNCF, it has no effect in keras_compress")
+    return notices

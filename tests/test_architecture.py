@@ -1,0 +1,107 @@
+"""The package's architecture as checked rules: layered imports, small modules, no hidden imports.
+
+docs/architecture.md explains the layers; setup.cfg's `[importlinter]` section holds the contracts.
+"""
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "keras_compress"
+MODULES = sorted(PACKAGE.rglob("*.py"))
+#: The CLI imports its commands lazily: `--help`, `schema` and `validate` must not load TensorFlow.
+LAZY_IMPORTS_ALLOWED = {PACKAGE / "cli.py"}
+
+
+def _relative(path):
+    return str(path.relative_to(ROOT))
+
+
+@pytest.mark.skipif(shutil.which("lint-imports") is None, reason="import-linter is not installed")
+def test_import_contracts_are_kept():
+    result = subprocess.run(["lint-imports"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 kept, 0 broken" in result.stdout
+
+
+def test_an_upward_import_breaks_the_layers_contract(tmp_path):
+    """The contract is not vacuous: a copy of the package with one upward import fails it."""
+    if shutil.which("lint-imports") is None:
+        pytest.skip("import-linter is not installed")
+    copy = tmp_path / "keras_compress"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    graph = copy / "graph.py"
+    graph.write_text(graph.read_text() + "\nfrom keras_compress.controller import compress  # noqa\n")
+    shutil.copy(ROOT / "setup.cfg", tmp_path / "setup.cfg")
+    result = subprocess.run(
+        ["lint-imports"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={"PYTHONPATH": str(tmp_path), "PATH": str(Path(sys.executable).parent)},
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "keras_compress.graph -> keras_compress.controller" in result.stdout
+
+
+def test_every_module_is_under_600_lines():
+    long = {_relative(p): n for p in MODULES if (n := len(p.read_text().splitlines())) > 600}
+    assert not long
+
+
+def _function_level_imports(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.ImportFrom) and (inner.module or "").startswith("keras_compress"):
+                    yield inner.lineno
+                if isinstance(inner, ast.Import) and any(a.name.startswith("keras_compress") for a in inner.names):
+                    yield inner.lineno
+
+
+def test_no_function_level_imports_of_the_package_own_modules():
+    found = {
+        _relative(p): lines
+        for p in MODULES
+        if p not in LAZY_IMPORTS_ALLOWED and (lines := list(_function_level_imports(ast.parse(p.read_text()))))
+    }
+    assert not found
+
+
+def test_library_code_does_not_print():
+    prints = {}
+    for path in MODULES:
+        if path.name in ("cli.py", "demo.py"):
+            continue
+        calls = [
+            node.lineno
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"
+        ]
+        if calls:
+            prints[_relative(path)] = calls
+    assert not prints
+
+
+def test_no_except_import_error_around_own_modules():
+    for path in MODULES:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Try) and any(
+                isinstance(h.type, ast.Name) and h.type.id == "ImportError" for h in node.handlers
+            ):
+                imported = [
+                    n.module or "" for n in ast.walk(node) if isinstance(n, ast.ImportFrom)
+                ] + [a.name for n in ast.walk(node) if isinstance(n, ast.Import) for a in n.names]
+                assert not any(m.startswith("keras_compress") for m in imported), (_relative(path), node.lineno)
+
+
+def test_every_package_init_says_what_it_offers():
+    for init in PACKAGE.rglob("__init__.py"):
+        tree = ast.parse(init.read_text())
+        assert ast.get_docstring(tree), _relative(init)
+        names = [n for n in tree.body if isinstance(n, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__all__" for t in n.targets)]  # fmt: skip
+        assert names, f"{_relative(init)} has no __all__"
