@@ -263,9 +263,14 @@ class CompressionController:
         """The Keras callbacks that drive compression inside `model.fit`.
 
         - the schedule driver (per epoch and per optimizer step);
-        - compression figures into `logs` every epoch (progress bar, History, CSVLogger,
-          TensorBoard), and as TensorBoard scalars in `log_dir` when given;
+        - the figures that move (levels, sparsity reached, FLOPs kept) into `logs` every epoch
+          (progress bar, History, CSVLogger, TensorBoard), and every figure as TensorBoard
+          scalars in `log_dir` when given;
         - with `accuracy_aware_training` in the config, the accuracy-bound callback.
+
+        Keras calls callbacks in list order, so put these first:
+        `fit(callbacks=ctrl.callbacks() + [CSVLogger(...), TensorBoard(...)])`. A logging callback
+        placed before them writes the epoch's logs before the compression figures are added.
 
         Args:
             log_dir: optional TensorBoard log directory (default: the config's `log_dir`).

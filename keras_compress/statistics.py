@@ -6,12 +6,17 @@ import numbers
 import re
 from pathlib import Path
 
-__all__ = ["CompressionStatistics", "format_table", "PLOT_COLUMNS"]
+__all__ = ["CompressionStatistics", "format_table", "PLOT_COLUMNS", "PROGRESS_FIGURES"]
 
 #: Numeric table columns that `CompressionStatistics.plot` draws, one panel per table column.
 PLOT_COLUMNS = ("bits", "sparsity", "kept filters")
 # A numeric column giving the total behind "kept filters" (drawn as a light background bar).
 _TOTAL_COLUMNS = ("total filters", "filters")
+#: Figures that move while a model is compressed: the level a schedule asks for now
+#: (`pruning_level`, `filter_level`, `target_level`) and what the model has reached
+#: (`sparsity_level`, `pruned_filters`, `flops_ratio`). `progress_figures()` keeps these; the
+#: others (quantizer counts, full FLOPs, ...) do not change during training.
+PROGRESS_FIGURES = ("pruning_level", "filter_level", "pruned_filters", "flops_ratio", "target_level", "sparsity_level")
 
 
 def format_table(header, rows):
@@ -67,6 +72,13 @@ class CompressionStatistics:
             for name, section in self.sections.items()
             for key, value in section.get("figures", {}).items()
         }
+
+    def progress_figures(self):
+        """The figures that move during training (`PROGRESS_FIGURES`), as `{"algorithm/figure": value}`.
+
+        These are what `ctrl.callbacks()` puts into the `logs` of every epoch; `figures()` has all.
+        """
+        return {key: value for key, value in self.figures().items() if key.rsplit("/", 1)[-1] in PROGRESS_FIGURES}
 
     def skipped(self):
         """`{layer: reason}` for every layer an algorithm left uncompressed."""
