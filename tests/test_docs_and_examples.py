@@ -165,6 +165,52 @@ def test_plot_writes_a_png_of_a_real_controller(tmp_path):
         stats.plot(tmp_path / "none.png", columns=("kept filters",))
 
 
+def test_layer_overview_shows_what_differs_between_layers():
+    overview = stats_of_three_algorithms().layer_overview()
+    assert overview["rows"] == ["conv1", "conv2"]
+    assert [c.split("\n")[0] for c in overview["columns"]] == ["filters kept", "sparsity", "bits"]
+    (kept1, sparse1, bits1), (kept2, sparse2, bits2) = overview["cells"]
+    assert [kept1["text"], kept2["text"], sparse1["text"], sparse2["text"], bits1["text"], bits2["text"]] == [
+        "32/32", "24/64", "25%", "50%", "8", "4"]
+    # The more compressed layer of each column is the stronger one: fewer filters kept, more zeros, fewer bits.
+    assert (kept1["strength"], kept2["strength"]) == (0.0, 1.0)
+    assert (sparse1["strength"], sparse2["strength"]) == (0.0, 1.0)
+    assert (bits1["strength"], bits2["strength"]) == (0.0, 1.0)
+    # With two layers there is no "most layers" value: nothing is marked as departing from it.
+    assert not any(cell["differs"] for row in overview["cells"] for cell in row)
+
+
+def test_a_layer_that_departs_from_the_common_value_is_marked():
+    stats = CompressionStatistics({
+        "quantization": {"weights": (["layer", "weight", "bits"], [[f"conv{i}", "kernel", 8] for i in range(3)]
+                                     + [["fc", "kernel", 4]])},
+        "magnitude_sparsity": {"layers": (["layer", "weights", "sparsity"], [["conv0", 9, 0.5], ["fc", 9, 0.5]])},
+    })  # fmt: skip
+    overview = stats.layer_overview()
+    differs = {row: [cell["differs"] for cell in cells if cell] for row, cells in zip(overview["rows"], overview["cells"])}
+    assert differs == {"conv0": [False, False], "conv1": [False], "conv2": [False], "fc": [True, False]}
+    assert CompressionStatistics({"quantization": stats.sections["quantization"]}).layer_overview() is None
+
+
+def test_plot_labels_every_bar_with_its_value_and_collapses_uniform_columns():
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from keras_compress.statistics import _collapse_uniform, _draw_bars
+
+    panels = {p["column"]: p for p in stats_of_three_algorithms().plot_panels()}
+    texts = {}
+    for column, panel in panels.items():
+        ax = Figure().subplots()
+        _draw_bars(ax, _collapse_uniform(panel))
+        texts[column] = [t.get_text() for t in ax.texts]
+    assert texts == {"filters kept": ["32/32", "24/64"], "sparsity": ["25%", "50%"], "bits": ["8", "4"]}
+    uniform = {"title": "quantization: activations", "column": "bits", "labels": ["a", "b", "c"],
+               "values": [8.0, 8.0, 8.0], "totals": None}  # fmt: skip
+    collapsed = _collapse_uniform(uniform)
+    assert collapsed["labels"] == ["all 3"] and collapsed["values"] == [8.0] and "the same for all 3" in collapsed["note"]
+
+
 # ----------------------------------------------------------------------------- benchmarks
 def test_benchmark_builders_match_the_demo_model_and_write_markdown():
     import keras
