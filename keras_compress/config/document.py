@@ -7,6 +7,7 @@ import typing
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from keras_compress.config.errors import fail, show
 from keras_compress.config.fields import DEFAULT_BN_ADAPTATION_SAMPLES, NonNegativeInt, Section
@@ -165,9 +166,10 @@ class CompressionConfig(Section):
     """PyTorch-only in NNCF; no effect."""
     disable_shape_matching: bool | None = None
     """Deprecated and PyTorch-only in NNCF; no effect."""
-    extra: dict[str, Any] = {}
+    # Where loading keeps what it does not use; not keys of the file, so not in the JSON Schema.
+    extra: SkipJsonSchema[dict[str, Any]] = {}
     """Top-level keys keras_compress does not use, kept as written."""
-    ignored_algorithms: list[dict[str, Any]] = []
+    ignored_algorithms: SkipJsonSchema[list[dict[str, Any]]] = []
     """PyTorch-only NNCF algorithm sections, kept as written."""
 
     @model_validator(mode="before")
