@@ -75,7 +75,7 @@ def _ir_size(xml):
 def run_demo(output="keras_compress_demo", epochs=None, fp32_epochs=30, verbose=0, seed=0):
     """Trains an FP32 digits CNN, compresses it, fine-tunes, exports FP32 and INT8 IRs.
 
-    The compression is `configs/demo.json`: filter pruning to half the FLOPs plus 8-bit QAT.
+    The compression is the packaged `demo` config: filter pruning to half the FLOPs plus 8-bit QAT.
 
     Prints one table (accuracy of the FP32 Keras model, the compressed Keras model and both
     IRs; IR sizes; batch-1 latency and batch-64 throughput of both IRs; speedups) and returns

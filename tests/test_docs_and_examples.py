@@ -83,6 +83,20 @@ def test_config_reference_lists_every_key_of_the_schema():
     assert "{#quantizergroupconfig}" in page
 
 
+def test_every_key_of_the_config_reference_is_described_and_no_internal_model_is_listed():
+    from keras_compress.config import json_schema
+
+    schema = json_schema()
+    undescribed = [f"{name}.{key}" for name, obj in [("CompressionConfig", schema), *schema["$defs"].items()]
+                   for key, prop in obj.get("properties", {}).items() if not prop.get("description", "").strip()]
+    assert not undescribed
+    assert not [name for name in schema["$defs"] if name.startswith("_")]
+    assert "extra" not in schema["properties"] and "ignored_algorithms" not in schema["properties"]
+    page = load_module(ROOT / "docs" / "hooks" / "site.py", "kc_docs_hooks").config_reference_markdown(schema)
+    assert page.startswith("---\nhide:\n  - toc\n---\n")  # the tables get the page's width
+    assert '<div class="kc-config-reference" markdown>' in page
+
+
 def test_nav_leaves_out_pages_that_do_not_exist(tmp_path):
     hooks = load_module(ROOT / "docs" / "hooks" / "site.py", "kc_docs_hooks")
     (tmp_path / "index.md").write_text("# x")
