@@ -192,6 +192,36 @@ def test_tensorflow_imported_by_the_cli_writes_nothing_to_stderr():
     assert result.stderr == ""
 
 
+def test_the_launcher_imports_only_the_standard_library_before_the_cli():
+    import ast
+
+    tree = ast.parse((ROOT / "keras_compress_launcher.py").read_text())
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = {a.name for n in top if isinstance(n, ast.Import) for a in n.names} | {
+        n.module for n in top if isinstance(n, ast.ImportFrom)}  # fmt: skip
+    assert names <= {"__future__", "os", "sys"}
+    import keras_compress
+    import keras_compress_launcher
+
+    assert keras_compress_launcher.LIGHT_IMPORT_ENV == keras_compress.LIGHT_IMPORT_ENV
+
+
+@pytest.mark.slow
+def test_after_the_light_import_public_names_load_on_first_use():
+    result = run_python(
+        """
+        import os, sys
+        os.environ["KERAS_COMPRESS_LIGHT_IMPORT"] = "1"
+        import keras_compress as kc
+        from keras_compress import load_config
+        assert load_config("int8") and "tensorflow" not in sys.modules and "compress" in dir(kc)
+        compress = kc.compress  # imports the controller, and with it every registering module
+        print("keras_compress.pruning.wrapper" in sys.modules, "tensorflow" in sys.modules, callable(compress))
+        """
+    )
+    assert result.stdout.split() == ["True", "True", "True"]
+
+
 # ----------------------------------------------------------------------------- the other side
 def test_import_keras_compress_still_registers_every_serializable_class():
     result = run_python(
