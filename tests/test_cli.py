@@ -223,6 +223,7 @@ def test_after_the_light_import_public_names_load_on_first_use():
 
 
 # ----------------------------------------------------------------------------- the other side
+@pytest.mark.slow
 def test_import_keras_compress_still_registers_every_serializable_class():
     result = run_python(
         """
