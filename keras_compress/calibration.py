@@ -266,6 +266,8 @@ def run_batches(model, batches, num_samples, training=False, before_step=None, v
                 memory_budget=None):  # fmt: skip
     """Runs `model` eagerly on batches until `num_samples` samples, with a Keras progress bar.
 
+    The bar ends at the samples actually read: at `num_samples`, or earlier when the data runs out.
+
     Batches whose layer outputs would exceed `memory_budget` bytes are run as sub-batches
     (each one a step: `before_step` is called before each), so peak memory stays bounded
     whatever batch size the calibration data has.
@@ -276,7 +278,7 @@ def run_batches(model, batches, num_samples, training=False, before_step=None, v
         num_samples: stop once this many samples went through.
         training: the `training` argument of the calls.
         before_step: optional `fn(step)` called before each model call.
-        verbose: show the progress bar.
+        verbose: 0 prints nothing, 1 a progress bar, 2 one line at the end.
         memory_budget: most bytes of layer outputs per call (default `EAGER_ACTIVATION_BUDGET`).
 
     Returns:
@@ -303,4 +305,7 @@ def run_batches(model, batches, num_samples, training=False, before_step=None, v
             progress.update(min(seen, num_samples))
             if seen >= num_samples:
                 return seen
+    if seen:  # the data ran out before `num_samples`: end the bar where it is, on its own line
+        progress.target = seen
+        progress.update(seen, finalize=True)
     return seen

@@ -35,14 +35,19 @@ class CompressionScheduleCallback(keras.callbacks.Callback):
 
 
 class CompressionStatisticsCallback(keras.callbacks.Callback):
-    """Puts the controller's numeric figures into `logs` at the end of every epoch.
+    """Puts the compression figures into `logs` at the end of every epoch, and into TensorBoard.
 
-    The figures appear as `compression/<algorithm>/<figure>` in the progress bar, History,
-    CSVLogger and TensorBoard.
+    `logs` gets the figures that move during training (`CompressionStatistics.progress_figures`:
+    the levels the schedules ask for and what the model has reached), as
+    `compression/<algorithm>/<figure>`, so the progress bar, History, CSVLogger and Keras'
+    TensorBoard callback show them. Keras calls callbacks in list order: put `ctrl.callbacks()`
+    before CSVLogger and TensorBoard in `fit(callbacks=...)`, or those see the epoch's logs before
+    the figures are in them. With `log_dir`, every figure (`CompressionStatistics.figures`) is
+    also written as a TensorBoard scalar, whatever the order; the writer is closed when `fit` ends.
 
     Args:
         controller: the `CompressionController`.
-        log_dir: optional TensorBoard log directory for the same figures.
+        log_dir: optional TensorBoard log directory for every figure.
     """
 
     def __init__(self, controller, log_dir=None):
@@ -60,16 +65,21 @@ class CompressionStatisticsCallback(keras.callbacks.Callback):
                 ) from err
 
     def on_epoch_end(self, epoch, logs=None):
-        figures = self.controller.statistics().figures()
+        statistics = self.controller.statistics()
         if logs is not None:
-            for key, value in figures.items():
+            for key, value in statistics.progress_figures().items():
                 logs[f"compression/{key}"] = float(value)
         if self.log_dir:
             import tensorflow as tf
 
             if self._writer is None:
-                self._writer = tf.summary.create_file_writer(self.log_dir)
+                self._writer = tf.summary.create_file_writer(str(self.log_dir))
             with self._writer.as_default():
-                for key, value in figures.items():
+                for key, value in statistics.figures().items():
                     tf.summary.scalar(f"compression/{key}", float(value), step=epoch)
             self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

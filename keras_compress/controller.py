@@ -73,6 +73,7 @@ def compress(
     model: keras.Model,
     config: str | os.PathLike | dict | CompressionConfig,
     dataset: Any = None,
+    verbose: int | str = "auto",
 ) -> tuple[keras.Model, CompressionController]:
     """Compresses a Keras model as the config says.
 
@@ -82,10 +83,13 @@ def compress(
 
     Args:
         model: a Sequential or Functional `keras.Model`. It is not modified.
-        config: a path to an NNCF-style JSON file, a dict, a JSON string or a
-            `CompressionConfig`.
+        config: the name of a packaged config (`"int8"`, see `kc.list_configs()`), a path to an
+            NNCF-style JSON file, a dict, a JSON string or a `CompressionConfig`.
         dataset: calibration data: a `tf.data.Dataset`, an `(x, y)` tuple of arrays, an array
             of inputs, or an iterable of batches. Needed for range init and BN adaptation.
+        verbose: as Keras' `verbose`: 0 prints nothing, 1 (or "auto") shows a progress bar for
+            each pass over the calibration data (BatchNorm adaptation, range init), 2 one line
+            per pass. A bar ends at the samples actually read when the data is shorter.
 
     Returns:
         `(compressed_model, controller)`: a `keras.Model` to compile and fit as usual, and the
@@ -105,11 +109,12 @@ def compress(
 
     Example:
         ```python
-        compressed, ctrl = kc.compress(model, "configs/int8.json", dataset=(x_train, y_train))
+        compressed, ctrl = kc.compress(model, "int8", dataset=(x_train, y_train), verbose=0)
         compressed.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
         compressed.fit(x_train, y_train, callbacks=ctrl.callbacks())
         ```
     """
+    verbose = _check_verbose(verbose)
     cfg = load_config(config)
     input_shape = tuple(cfg.input_info[0].sample_size[1:]) if cfg.input_info else None
     functional = as_functional(model, input_shape)
@@ -140,13 +145,21 @@ def compress(
             f" Left as they are: {skipped}" if skipped else "",
         )
     if dataset is not None:
-        controller.initialize(dataset)
+        controller.initialize(dataset, verbose=verbose)
     elif controller.needs_data():
         logger.warning(
             "kc.compress got no `dataset`: quantizer range init and BatchNorm adaptation are "
             "skipped. Pass calibration data for accurate initialization."
         )
     return compressed, controller
+
+
+def _check_verbose(verbose):
+    if verbose == "auto":
+        return 1
+    if isinstance(verbose, bool) or verbose not in (0, 1, 2):
+        raise ValueError(f'`verbose` must be 0, 1, 2 or "auto". Received: verbose={verbose!r}')
+    return verbose
 
 
 class CompressionController:
@@ -200,10 +213,7 @@ class CompressionController:
 
     # ----------------------------------------------------------------- initialization
     def _bn_adaptation_samples(self):
-        return max(
-            (s.initializer.batchnorm_adaptation.num_bn_adaptation_samples for s in self.config.compression),
-            default=0,
-        )
+        return self.config.batchnorm_adaptation_samples()
 
     def needs_data(self) -> bool:
         """Whether initialization wants calibration data (range init or BN adaptation)."""
@@ -215,6 +225,10 @@ class CompressionController:
         Order: every algorithm's `initialize_weights` (weight ranges, mixed precision); BatchNorm
         adaptation, with the algorithms' `passthrough_layers` passing their inputs through; then
         every algorithm's `initialize` (activation ranges).
+
+        Args:
+            dataset: calibration data (see `kc.compress`).
+            verbose: 0 silent, 1 a progress bar per pass over the data, 2 one line per pass.
         """
         num_bn = self._bn_adaptation_samples()
         needed = [num_bn] + [a.calibration_samples(self.model) for a in self.algorithms]
@@ -230,6 +244,8 @@ class CompressionController:
                 if verbose:
                     logger.info("BatchNorm adaptation on %d samples", num_bn)
                 seen = adapt_batchnorm(self.model, iterate_batches(dataset), num_bn, verbose=verbose)
+                if verbose and 0 < seen < num_bn:
+                    logger.info("BatchNorm adaptation read all the data: %d of the %d samples asked for", seen, num_bn)
                 if seen == 0 and batchnorm_layers(self.model):
                     raise ValueError(
                         "Calibration data must hold at least one batch for BatchNorm adaptation. "
@@ -247,9 +263,14 @@ class CompressionController:
         """The Keras callbacks that drive compression inside `model.fit`.
 
         - the schedule driver (per epoch and per optimizer step);
-        - compression figures into `logs` every epoch (progress bar, History, CSVLogger,
-          TensorBoard), and as TensorBoard scalars in `log_dir` when given;
+        - the figures that move (levels, sparsity reached, FLOPs kept) into `logs` every epoch
+          (progress bar, History, CSVLogger, TensorBoard), and every figure as TensorBoard
+          scalars in `log_dir` when given;
         - with `accuracy_aware_training` in the config, the accuracy-bound callback.
+
+        Keras calls callbacks in list order, so put these first:
+        `fit(callbacks=ctrl.callbacks() + [CSVLogger(...), TensorBoard(...)])`. A logging callback
+        placed before them writes the epoch's logs before the compression figures are added.
 
         Args:
             log_dir: optional TensorBoard log directory (default: the config's `log_dir`).

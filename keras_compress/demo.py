@@ -7,7 +7,6 @@ scikit-learn), so it needs no download.
 from __future__ import annotations
 
 import logging
-from importlib import resources
 from pathlib import Path
 
 import keras
@@ -24,8 +23,8 @@ __all__ = ["load_digits_split", "build_digits_cnn", "evaluate_ir", "run_demo", "
 
 logger = logging.getLogger("keras_compress")
 
-#: The demo's compression config (packaged with keras_compress).
-DEMO_CONFIG = "demo.json"
+#: The demo's compression config: the packaged config of that name (`keras_compress/configs/demo.json`).
+DEMO_CONFIG = "demo"
 
 
 def load_digits_split(test_size=0.2, seed=0):
@@ -76,7 +75,7 @@ def _ir_size(xml):
 def run_demo(output="keras_compress_demo", epochs=None, fp32_epochs=30, verbose=0, seed=0):
     """Trains an FP32 digits CNN, compresses it, fine-tunes, exports FP32 and INT8 IRs.
 
-    The compression is `configs/demo.json`: filter pruning to half the FLOPs plus 8-bit QAT.
+    The compression is the packaged `demo` config: filter pruning to half the FLOPs plus 8-bit QAT.
 
     Prints one table (accuracy of the FP32 Keras model, the compressed Keras model and both
     IRs; IR sizes; batch-1 latency and batch-64 throughput of both IRs; speedups) and returns
@@ -86,7 +85,7 @@ def run_demo(output="keras_compress_demo", epochs=None, fp32_epochs=30, verbose=
         output: directory for `fp32.xml` and `int8.xml`.
         epochs: fine-tuning epochs of the compressed model (default 8).
         fp32_epochs: training epochs of the FP32 model.
-        verbose: Keras verbosity.
+        verbose: Keras verbosity of training and of `kc.compress` (0: only the table is printed).
         seed: random seed.
     """
     keras.utils.set_random_seed(seed)
@@ -99,8 +98,8 @@ def run_demo(output="keras_compress_demo", epochs=None, fp32_epochs=30, verbose=
     model.fit(x_train, y_train, batch_size=64, epochs=fp32_epochs, verbose=verbose)
     fp32_acc = model.evaluate(x_test, y_test, verbose=0)[1]
 
-    config = load_config(resources.files("keras_compress") / "configs" / DEMO_CONFIG)
-    compressed, ctrl = compress(model, config, dataset=(x_train, y_train))
+    config = load_config(DEMO_CONFIG)
+    compressed, ctrl = compress(model, config, dataset=(x_train, y_train), verbose=verbose)
     compressed.compile(optimizer=keras.optimizers.Adam(5e-4), loss=loss, metrics=["accuracy"])
     init_acc = compressed.evaluate(x_test, y_test, verbose=0)[1]
     compressed.fit(

@@ -6,12 +6,17 @@ import numbers
 import re
 from pathlib import Path
 
-__all__ = ["CompressionStatistics", "format_table", "PLOT_COLUMNS"]
+__all__ = ["CompressionStatistics", "format_table", "PLOT_COLUMNS", "PROGRESS_FIGURES"]
 
 #: Numeric table columns that `CompressionStatistics.plot` draws, one panel per table column.
 PLOT_COLUMNS = ("bits", "sparsity", "kept filters")
 # A numeric column giving the total behind "kept filters" (drawn as a light background bar).
 _TOTAL_COLUMNS = ("total filters", "filters")
+#: Figures that move while a model is compressed: the level a schedule asks for now
+#: (`pruning_level`, `filter_level`, `target_level`) and what the model has reached
+#: (`sparsity_level`, `pruned_filters`, `flops_ratio`). `progress_figures()` keeps these; the
+#: others (quantizer counts, full FLOPs, ...) do not change during training.
+PROGRESS_FIGURES = ("pruning_level", "filter_level", "pruned_filters", "flops_ratio", "target_level", "sparsity_level")
 
 
 def format_table(header, rows):
@@ -44,8 +49,9 @@ class CompressionStatistics:
             "skipped": {layer: reason}}}.
 
     `str(stats)` is a readable report; `stats.figures()` is a flat dict of numbers such as
-    `{"quantization/weight_quantizers": 53}`; `stats.plot("stats.png")` draws the per-layer
-    bits, sparsity and kept filters.
+    `{"quantization/weight_quantizers": 53}` (`progress_figures()` the ones that move during
+    training); `stats.plot("stats.png")` draws the per-layer bits, sparsity and kept filters, with
+    what differs between layers first.
 
     Example:
         ```python
@@ -67,6 +73,13 @@ class CompressionStatistics:
             for name, section in self.sections.items()
             for key, value in section.get("figures", {}).items()
         }
+
+    def progress_figures(self):
+        """The figures that move during training (`PROGRESS_FIGURES`), as `{"algorithm/figure": value}`.
+
+        These are what `ctrl.callbacks()` puts into the `logs` of every epoch; `figures()` has all.
+        """
+        return {key: value for key, value in self.figures().items() if key.rsplit("/", 1)[-1] in PROGRESS_FIGURES}
 
     def skipped(self):
         """`{layer: reason}` for every layer an algorithm left uncompressed."""
@@ -154,11 +167,54 @@ class CompressionStatistics:
                     )
         return panels
 
-    def plot(self, path, columns=PLOT_COLUMNS, dpi=100):
-        """Draws the per-layer bits, sparsity and kept filters as horizontal bars in a PNG.
+    def layer_overview(self, columns=PLOT_COLUMNS):
+        """What differs between layers: one row per layer, one column per drawn table column.
 
-        One panel per table column named in `columns` (see `plot_panels`), so it covers every
-        algorithm whose statistics have such a table. Needs matplotlib, imported only here.
+        Made of the `plot_panels` whose rows are layers of the model (their labels start with a
+        layer name that another panel also has: weight bits, sparsity, kept filters); a row's
+        label is the layer name (`conv1` for `conv1/kernel`). A cell `differs` when most layers
+        of its column share one value and this cell's is another; its `strength` goes from 0 (the
+        least compressed layer of the column: most bits, least sparsity, most filters kept) to 1
+        (the most compressed), and is 0 in a column where every layer has the same value.
+
+        Returns:
+            `{"rows": [layer], "columns": [column title], "cells": [[cell or None]]}` where a cell
+            is `{"text", "value", "share", "differs", "strength"}` (`share` is value / total for
+            kept filters, else the value), or None when fewer than two columns describe layers.
+        """
+        panels = self.plot_panels(columns)
+        keys = [[label.split("/")[0] for label in panel["labels"]] for panel in panels]
+        shared = [i for i, k in enumerate(keys) if any(set(k) & set(other) for j, other in enumerate(keys) if j != i)]
+        if len(shared) < 2:
+            return None
+        rows = list(dict.fromkeys(key for i in shared for key in keys[i]))
+        columns_out, grid = [], [[None] * len(shared) for _ in rows]
+        for c, index in enumerate(shared):
+            panel = panels[index]
+            columns_out.append(f"{panel['column']}\n({panel['title']})")
+            totals = panel["totals"] or [None] * len(panel["values"])
+            shares = [_share(v, t) for v, t in zip(panel["values"], totals)]
+            common = max(sorted(set(shares)), key=shares.count)
+            low, high = min(shares), max(shares)
+            more_is_stronger = _column_key(panel["column"]) == "sparsity"
+            for key, value, total, share in zip(keys[index], panel["values"], totals, shares):
+                strength = (share - low) / (high - low) if high > low else 0.0
+                grid[rows.index(key)][c] = {
+                    "text": _value_text(panel["column"], value, total), "value": value, "share": share,
+                    "differs": shares.count(common) > 1 and share != common,
+                    "strength": strength if more_is_stronger else (1.0 - strength if high > low else 0.0),
+                }  # fmt: skip
+        return {"rows": rows, "columns": columns_out, "cells": grid}
+
+    def plot(self, path, columns=PLOT_COLUMNS, dpi=100):
+        """Draws per-layer bits, sparsity and kept filters in a PNG, with the value on every bar.
+
+        The figure starts with what differs between layers (`layer_overview`: a grid of layers by
+        bits / sparsity / kept filters, the cells that depart from the common value colored),
+        when at least two columns describe the same layers. Then one panel of horizontal bars per
+        table column named in `columns` (see `plot_panels`), each bar labeled with its value; a
+        column with the same value for every row (uniform 8-bit) is one bar, "all N". Needs
+        matplotlib, imported only here.
 
         Args:
             path: the PNG file to write (its folder is created).
@@ -181,36 +237,112 @@ class CompressionStatistics:
         except ImportError as err:
             raise ImportError("`CompressionStatistics.plot` needs matplotlib: pip install matplotlib") from err
 
-        panels = self.plot_panels(columns)
+        panels = [_collapse_uniform(panel) for panel in self.plot_panels(columns)]
         if not panels:
             found = sorted({h for _, _, header, _ in self.tables() for h in header})
             raise ValueError(
                 f"No table has a numeric column named one of {list(columns)}. Received tables "
                 f"with columns: {found}"
             )
-        heights = [0.8 + 0.2 * len(p["labels"]) for p in panels]
+        overview = self.layer_overview(columns)
+        heights = [0.75 + 0.22 * len(p["labels"]) for p in panels]
+        if overview:
+            heights.insert(0, 1.0 + 0.25 * len(overview["rows"]))
         figure = Figure(figsize=(8, sum(heights)), layout="constrained")
-        axes = figure.subplots(len(panels), 1, squeeze=False, height_ratios=heights)[:, 0]
+        axes = list(figure.subplots(len(heights), 1, squeeze=False, height_ratios=heights)[:, 0])
+        if overview:
+            _draw_overview(axes.pop(0), overview)
         for ax, panel in zip(axes, panels):
-            positions = range(len(panel["labels"]))
-            if panel["totals"] is not None:
-                totals = [t if t is not None else 0.0 for t in panel["totals"]]
-                ax.barh(positions, totals, color="#d9d9d9", label="total")
-            ax.barh(positions, panel["values"], color="#1f77b4", label=panel["column"])
-            ax.set_yticks(list(positions), panel["labels"], fontsize=7)
-            ax.invert_yaxis()
-            ax.set_title(f"{panel['title']}: {panel['column']}", fontsize=9, loc="left")
-            ax.tick_params(axis="x", labelsize=7)
-            if _column_key(panel["column"]) == "sparsity":
-                ax.set_xlim(0, 1)
-            elif _column_key(panel["column"]) == "bits":
-                ax.set_xlim(0, max(8, max(panel["values"])))
-            if panel["totals"] is not None:
-                ax.legend(fontsize=7, loc="lower right", bbox_to_anchor=(1, 1), ncols=2, frameon=False)
+            _draw_bars(ax, panel)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path, dpi=dpi, format="png")
         return path
+
+
+def _share(value, total):
+    return value / total if total else value
+
+
+def _value_text(column, value, total=None):
+    """`32/64` for kept filters, `40%` for sparsity, `8` for bits."""
+    def number(x):
+        return str(int(x)) if float(x).is_integer() else f"{x:.3g}"
+
+    if total is not None:
+        return f"{number(value)}/{number(total)}"
+    if _column_key(column) == "sparsity":
+        return f"{100 * value:.0f}%"
+    return number(value)
+
+
+def _collapse_uniform(panel):
+    """A panel whose rows all have one value becomes one bar, labeled `all N`."""
+    pairs = set(zip(panel["values"], panel["totals"] or [None] * len(panel["values"])))
+    if len(panel["values"]) < 2 or len(pairs) > 1:
+        return panel
+    (value, total), = pairs
+    count = len(panel["values"])
+    return {**panel, "labels": [f"all {count}"], "values": [value], "totals": None if total is None else [total],
+            "note": f"the same for all {count} ({panel['labels'][0]} ... {panel['labels'][-1]})"}
+
+
+def _draw_bars(ax, panel):
+    positions = list(range(len(panel["labels"])))
+    totals = None if panel["totals"] is None else [t if t is not None else 0.0 for t in panel["totals"]]
+    if totals is not None:
+        ax.barh(positions, totals, color="#d9d9d9", label="total")
+    bars = ax.barh(positions, panel["values"], color="#1f77b4", label=panel["column"])
+    texts = [_value_text(panel["column"], v, t) for v, t in zip(panel["values"], totals or [None] * len(positions))]
+    ax.bar_label(bars, texts, padding=3, fontsize=7)
+    ax.set_yticks(positions, panel["labels"], fontsize=7)
+    ax.invert_yaxis()
+    note = f", {panel['note']}" if panel.get("note") else ""
+    ax.set_title(f"{panel['title']}: {panel['column']}{note}", fontsize=9, loc="left")
+    ax.tick_params(axis="x", labelsize=7)
+    right = max(totals or panel["values"])
+    key = _column_key(panel["column"])
+    if key == "sparsity":
+        right = 1.0
+    elif key == "bits":
+        right = max(8.0, right)
+    ax.set_xlim(0, right * 1.12)  # room for the value labels
+    if totals is not None:
+        ax.legend(fontsize=7, loc="lower right", bbox_to_anchor=(1, 1), ncols=2, frameon=False)
+
+
+def _draw_overview(ax, overview):
+    rows, columns, cells = overview["rows"], overview["columns"], overview["cells"]
+    ax.set_xlim(0, len(columns))
+    ax.set_ylim(len(rows), 0)
+    for r, row in enumerate(cells):
+        for c, cell in enumerate(row):
+            ax.add_patch(_rectangle((c, r), _shade(None if cell is None else cell["strength"])))
+            text = "-" if cell is None else cell["text"]
+            ax.text(c + 0.5, r + 0.5, text, ha="center", va="center", fontsize=8,
+                    fontweight="bold" if cell is not None and cell["differs"] else "normal")  # fmt: skip
+    ax.set_xticks([c + 0.5 for c in range(len(columns))], columns, fontsize=7)
+    ax.xaxis.tick_top()
+    ax.set_yticks([r + 0.5 for r in range(len(rows))], rows, fontsize=7)
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_title("per layer: the darker, the more compressed; bold where a layer differs from most",
+                 fontsize=9, loc="left")  # fmt: skip
+
+
+def _shade(strength):
+    """White for no cell; from light grey-blue (strength 0) to orange (1, the most compressed)."""
+    if strength is None:
+        return "#ffffff"
+    light, strong = (0xEE, 0xF1, 0xF5), (0xF5, 0x9F, 0x3A)
+    return "#" + "".join(f"{round(a + (b - a) * strength):02x}" for a, b in zip(light, strong))
+
+
+def _rectangle(corner, color):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle(corner, 1, 1, facecolor=color, edgecolor="white", linewidth=1.5)
 
 
 def _column_key(name):

@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import csv  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -54,6 +55,57 @@ def test_figures_in_history_csv_and_tensorboard(digits, tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 and float(rows[2]["compression/magnitude_sparsity/target_level"]) == pytest.approx(0.4)
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tb"))
+
+
+def scalar_tags(directory):
+    import tensorflow as tf
+
+    tags = set()
+    for path in Path(directory).rglob("events.out.tfevents*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+def test_logs_get_the_moving_figures_and_the_log_dir_gets_all_of_them(digits, tmp_path):
+    """With ctrl.callbacks() first, CSVLogger and Keras' TensorBoard see the compact figures;
+    the controller's own TensorBoard writer gets every figure and is closed when fit ends."""
+    model, (x, y), _ = digits
+    pruning = {"algorithm": "filter_pruning", "pruning_init": 0.2, "params": {"pruning_target": 0.4,
+               "pruning_steps": 1}, "initializer": NO_BN}  # fmt: skip
+    compressed, ctrl = compiled(model, {"compression": [pruning, magnitude()]})
+    callbacks = ctrl.callbacks(log_dir=tmp_path / "kc")
+    history = compressed.fit(
+        x, y, epochs=2, batch_size=64, verbose=0,
+        callbacks=callbacks + [keras.callbacks.CSVLogger(str(tmp_path / "log.csv")),
+                               keras.callbacks.TensorBoard(str(tmp_path / "keras"))],
+    )  # fmt: skip
+    logged = sorted(key for key in history.history if key.startswith("compression/"))
+    assert logged == [
+        "compression/filter_pruning/flops_ratio",
+        "compression/filter_pruning/pruned_filters",
+        "compression/filter_pruning/pruning_level",
+        "compression/magnitude_sparsity/sparsity_level",
+        "compression/magnitude_sparsity/target_level",
+    ]
+    assert history.history["compression/filter_pruning/pruning_level"] == pytest.approx([0.2, 0.4])
+    with open(tmp_path / "log.csv") as f:
+        assert set(logged) <= set(csv.DictReader(f).fieldnames)
+    assert {f"epoch_{key}" for key in logged} <= scalar_tags(tmp_path / "keras")
+    every = {f"compression/{key}" for key in ctrl.statistics().figures()}
+    assert "compression/filter_pruning/full_flops" in every and every == scalar_tags(tmp_path / "kc")
+    assert callbacks[1]._writer is None  # closed at on_train_end
+
+
+def test_the_log_dir_scalars_do_not_depend_on_the_callback_order(digits, tmp_path):
+    model, (x, y), _ = digits
+    compressed, ctrl = compiled(model, {"compression": magnitude()})
+    log = tmp_path / "log.csv"
+    compressed.fit(x, y, epochs=2, batch_size=64, verbose=0,
+                   callbacks=[keras.callbacks.CSVLogger(str(log))] + ctrl.callbacks(log_dir=tmp_path / "kc"))
+    assert "compression/magnitude_sparsity/sparsity_level" in scalar_tags(tmp_path / "kc")
+    with open(log) as f:  # the documented limit: a logging callback placed first sees no figures
+        assert not [name for name in csv.DictReader(f).fieldnames if name.startswith("compression/")]
 
 
 class Interrupt(keras.callbacks.Callback):

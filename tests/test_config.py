@@ -383,7 +383,8 @@ def test_defaults_match_nncf():
     assert (q.weights.bits, q.weights.per_channel, q.weights.signed) == (8, False, None)
     assert (q.initializer.range.type, q.initializer.range.num_init_samples) == ("mixed_min_max", 256)
     assert (q.initializer.range.params.min_percentile, q.initializer.range.params.max_percentile) == (0.1, 99.9)
-    assert q.initializer.batchnorm_adaptation.num_bn_adaptation_samples == 2000
+    assert q.initializer.batchnorm_adaptation.num_bn_adaptation_samples is None  # not set: 2000 for the model
+    assert config.batchnorm_adaptation_samples() == 2000
     assert q.initializer.precision is None and q.validate_scopes is True and q.ignored_scopes == []
     assert p.pruning_init == 0.0
     assert (p.params.schedule, p.params.pruning_target, p.params.pruning_steps) == ("exponential", 0.5, 100)
@@ -519,7 +520,7 @@ def test_summary_mentions_each_algorithm_and_its_settings():
     })
     text = config.summary()
     for fragment in ("filter_pruning", "40%", "geometric_median", "quantization", "4-bit symmetric per-channel",
-                     "BN adaptation on 2000 samples", "adaptive_compression_level", "0.5% relative", "model"):
+                     "BatchNorm adaptation: 2000 samples", "adaptive_compression_level", "0.5% relative", "model"):
         assert fragment in text
     for section in (MOVEMENT, {"algorithm": "rb_sparsity"}):
         assert section["algorithm"] in load_quietly({"compression": section}).summary()

@@ -83,6 +83,20 @@ def test_config_reference_lists_every_key_of_the_schema():
     assert "{#quantizergroupconfig}" in page
 
 
+def test_every_key_of_the_config_reference_is_described_and_no_internal_model_is_listed():
+    from keras_compress.config import json_schema
+
+    schema = json_schema()
+    undescribed = [f"{name}.{key}" for name, obj in [("CompressionConfig", schema), *schema["$defs"].items()]
+                   for key, prop in obj.get("properties", {}).items() if not prop.get("description", "").strip()]
+    assert not undescribed
+    assert not [name for name in schema["$defs"] if name.startswith("_")]
+    assert "extra" not in schema["properties"] and "ignored_algorithms" not in schema["properties"]
+    page = load_module(ROOT / "docs" / "hooks" / "site.py", "kc_docs_hooks").config_reference_markdown(schema)
+    assert page.startswith("---\nhide:\n  - toc\n---\n")  # the tables get the page's width
+    assert '<div class="kc-config-reference" markdown>' in page
+
+
 def test_nav_leaves_out_pages_that_do_not_exist(tmp_path):
     hooks = load_module(ROOT / "docs" / "hooks" / "site.py", "kc_docs_hooks")
     (tmp_path / "index.md").write_text("# x")
@@ -163,6 +177,52 @@ def test_plot_writes_a_png_of_a_real_controller(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     with pytest.raises(ValueError, match="No table has a numeric column"):
         stats.plot(tmp_path / "none.png", columns=("kept filters",))
+
+
+def test_layer_overview_shows_what_differs_between_layers():
+    overview = stats_of_three_algorithms().layer_overview()
+    assert overview["rows"] == ["conv1", "conv2"]
+    assert [c.split("\n")[0] for c in overview["columns"]] == ["filters kept", "sparsity", "bits"]
+    (kept1, sparse1, bits1), (kept2, sparse2, bits2) = overview["cells"]
+    assert [kept1["text"], kept2["text"], sparse1["text"], sparse2["text"], bits1["text"], bits2["text"]] == [
+        "32/32", "24/64", "25%", "50%", "8", "4"]
+    # The more compressed layer of each column is the stronger one: fewer filters kept, more zeros, fewer bits.
+    assert (kept1["strength"], kept2["strength"]) == (0.0, 1.0)
+    assert (sparse1["strength"], sparse2["strength"]) == (0.0, 1.0)
+    assert (bits1["strength"], bits2["strength"]) == (0.0, 1.0)
+    # With two layers there is no "most layers" value: nothing is marked as departing from it.
+    assert not any(cell["differs"] for row in overview["cells"] for cell in row)
+
+
+def test_a_layer_that_departs_from_the_common_value_is_marked():
+    stats = CompressionStatistics({
+        "quantization": {"weights": (["layer", "weight", "bits"], [[f"conv{i}", "kernel", 8] for i in range(3)]
+                                     + [["fc", "kernel", 4]])},
+        "magnitude_sparsity": {"layers": (["layer", "weights", "sparsity"], [["conv0", 9, 0.5], ["fc", 9, 0.5]])},
+    })  # fmt: skip
+    overview = stats.layer_overview()
+    differs = {row: [cell["differs"] for cell in cells if cell] for row, cells in zip(overview["rows"], overview["cells"])}
+    assert differs == {"conv0": [False, False], "conv1": [False], "conv2": [False], "fc": [True, False]}
+    assert CompressionStatistics({"quantization": stats.sections["quantization"]}).layer_overview() is None
+
+
+def test_plot_labels_every_bar_with_its_value_and_collapses_uniform_columns():
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from keras_compress.statistics import _collapse_uniform, _draw_bars
+
+    panels = {p["column"]: p for p in stats_of_three_algorithms().plot_panels()}
+    texts = {}
+    for column, panel in panels.items():
+        ax = Figure().subplots()
+        _draw_bars(ax, _collapse_uniform(panel))
+        texts[column] = [t.get_text() for t in ax.texts]
+    assert texts == {"filters kept": ["32/32", "24/64"], "sparsity": ["25%", "50%"], "bits": ["8", "4"]}
+    uniform = {"title": "quantization: activations", "column": "bits", "labels": ["a", "b", "c"],
+               "values": [8.0, 8.0, 8.0], "totals": None}  # fmt: skip
+    collapsed = _collapse_uniform(uniform)
+    assert collapsed["labels"] == ["all 3"] and collapsed["values"] == [8.0] and "the same for all 3" in collapsed["note"]
 
 
 # ----------------------------------------------------------------------------- benchmarks

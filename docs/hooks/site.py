@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 log = logging.getLogger("mkdocs.hooks.keras_compress")
@@ -121,6 +122,8 @@ def _cell(text):
 
 
 def _object_section(name, schema, level, title=None):
+    """A heading, the object's description and a table of its keys (no constraints column when
+    no key has one, so the descriptions get the width)."""
     required = set(schema.get("required", []))
     lines = [f"{'#' * level} {title or name} {{#{name.lower()}}}", ""]
     description = schema.get("description", "").split("\n\nExample:")[0].strip()
@@ -128,25 +131,41 @@ def _object_section(name, schema, level, title=None):
         lines += [description, ""]
     properties = schema.get("properties", {})
     if properties:
-        lines += ["| key | type | default | constraints | description |", "|---|---|---|---|---|"]
-        for key, prop in properties.items():
-            lines.append(
-                f"| `{key}` | {_cell(_type(prop))} | {_cell(_default(prop, key, required))} "
-                f"| {_cell(_bounds(prop))} | {_cell(prop.get('description', ''))} |"
-            )
+        rows = [(f"`{key}`", _type(prop), _default(prop, key, required), _bounds(prop), prop.get("description", ""))
+                for key, prop in properties.items()]
+        header = ["key", "type", "default", "constraints", "description"]
+        if not any(row[3] for row in rows):
+            header, rows = header[:3] + header[4:], [row[:3] + row[4:] for row in rows]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(_cell(cell) for cell in row) + " |" for row in rows]
         lines.append("")
     return lines
+
+
+def _algorithm_key(definition, name):
+    algorithm = definition.get("properties", {}).get("algorithm", {})
+    return algorithm.get("const") or (algorithm.get("enum") or [name])[0]
 
 
 def config_reference_markdown(schema=None):
     """The config reference page, as Markdown, from the config's JSON Schema."""
     if schema is None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        if "keras_compress" not in sys.modules:  # the config package needs no TensorFlow
+            os.environ.setdefault("KERAS_COMPRESS_LIGHT_IMPORT", "1")
         from keras_compress.config import json_schema
 
         schema = json_schema()
     defs = schema.get("$defs", {})
+    nested = [name for name in sorted(defs) if name not in set(ALGORITHMS) | {"AccuracyAwareConfig", "AccuracyAwareParams"}]
     lines = [
+        # The table of contents is the index below: without the right-hand column the tables
+        # get the page's width (a 1280 px window otherwise wraps key names mid-word).
+        "---",
+        "hide:",
+        "  - toc",
+        "---",
+        "",
         "# Config reference",
         "",
         "Every key a keras_compress config accepts, with its type, default and constraints.",
@@ -155,23 +174,26 @@ def config_reference_markdown(schema=None):
         "[quantization](quantization.md), [sparsity](sparsity.md), [training](training.md),",
         "[config files](config.md).",
         "",
+        "**On this page:** [top level](#compressionconfig) · algorithms: "
+        + ", ".join(f"[`{_algorithm_key(defs.get(name, {}), name)}`](#{name.lower()})" for name in ALGORITHMS if name in defs)
+        + " · [accuracy-aware training](#accuracyawareconfig) · nested objects: "
+        + ", ".join(f"[{name}](#{name.lower()})" for name in nested),
+        "",
     ]
+    lines += ['<div class="kc-config-reference" markdown>', ""]
     lines += _object_section("CompressionConfig", schema, 2, "Top level")
     lines += ["## Algorithms (`compression`)", ""]
     for name in ALGORITHMS:
         if name in defs:
-            algorithm = defs[name].get("properties", {}).get("algorithm", {})
-            key = algorithm.get("const") or (algorithm.get("enum") or [name])[0]
-            lines += _object_section(name, defs[name], 3, f"`{key}` ({name})")
+            lines += _object_section(name, defs[name], 3, f"`{_algorithm_key(defs[name], name)}` ({name})")
     if "AccuracyAwareConfig" in defs:
         lines += ["## Accuracy-aware training (`accuracy_aware_training`)", ""]
         for name in ("AccuracyAwareConfig", "AccuracyAwareParams"):
             lines += _object_section(name, defs[name], 3)
     lines += ["## Nested objects", ""]
-    shown = set(ALGORITHMS) | {"AccuracyAwareConfig", "AccuracyAwareParams"}
-    for name in sorted(defs):
-        if name not in shown:
-            lines += _object_section(name, defs[name], 3)
+    for name in nested:
+        lines += _object_section(name, defs[name], 3)
+    lines += ["</div>", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -14,7 +14,8 @@ NNCF's (`nncf/config/schemata`), so NNCF's TensorFlow sample configs load unchan
 The package imports nothing but pydantic: the CLI validates configs without loading TensorFlow.
 
 Modules: `fields` (building blocks), `quantization`, `pruning`, `sparsity` (the algorithm sections),
-`document` (the whole config), `loading` (`load_config`), `errors` (`ConfigError`, JSON paths).
+`document` (the whole config), `loading` (`load_config`), `packaged` (the configs shipped in the package,
+`list_configs`), `errors` (`ConfigError`, JSON paths).
 
 Example:
 
@@ -34,6 +35,7 @@ from keras_compress.config.document import (
 from keras_compress.config.errors import ConfigError, ConfigWarning
 from keras_compress.config.fields import BatchnormAdaptationConfig, GenericInitializer
 from keras_compress.config.loading import json_schema, load_config
+from keras_compress.config.packaged import list_configs
 from keras_compress.config.pruning import FilterPruningConfig, FilterPruningParams
 from keras_compress.config.quantization import (
     ActivationsQuantizerConfig,
@@ -83,5 +85,6 @@ __all__ = [
     "SparseStructureConfig",
     "SparsityParams",
     "json_schema",
+    "list_configs",
     "load_config",
 ]

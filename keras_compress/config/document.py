@@ -7,9 +7,10 @@ import typing
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from keras_compress.config.errors import fail, show
-from keras_compress.config.fields import NonNegativeInt, Section
+from keras_compress.config.fields import DEFAULT_BN_ADAPTATION_SAMPLES, NonNegativeInt, Section
 from keras_compress.config.pruning import FilterPruningConfig
 from keras_compress.config.quantization import QuantizationConfig
 from keras_compress.config.sparsity import MagnitudeSparsityConfig, MovementSparsityConfig, RBSparsityConfig
@@ -165,9 +166,10 @@ class CompressionConfig(Section):
     """PyTorch-only in NNCF; no effect."""
     disable_shape_matching: bool | None = None
     """Deprecated and PyTorch-only in NNCF; no effect."""
-    extra: dict[str, Any] = {}
+    # Where loading keeps what it does not use; not keys of the file, so not in the JSON Schema.
+    extra: SkipJsonSchema[dict[str, Any]] = {}
     """Top-level keys keras_compress does not use, kept as written."""
-    ignored_algorithms: list[dict[str, Any]] = []
+    ignored_algorithms: SkipJsonSchema[list[dict[str, Any]]] = []
     """PyTorch-only NNCF algorithm sections, kept as written."""
 
     @model_validator(mode="before")
@@ -254,6 +256,37 @@ class CompressionConfig(Section):
         """
         return [section.algorithm for section in self.compression]
 
+    def batchnorm_adaptation_samples(self) -> int:
+        """Returns how many samples BatchNorm adaptation reads (0: it does not run).
+
+        BN adaptation runs once for the whole model, whatever the number of algorithms. Every
+        `compression` section may set `initializer.batchnorm_adaptation.num_bn_adaptation_samples`:
+        the smallest value set wins (so 0 in any section turns it off), and a section that does not
+        set it counts for nothing. When no section sets it, BN adaptation reads 2000 samples (NNCF's
+        default); a config without `compression` sections does not run it. `load_config` warns when
+        sections set different values.
+
+        Example:
+
+        ```python
+        config = load_config({"compression": [
+            {"algorithm": "filter_pruning"},
+            {"algorithm": "quantization", "initializer": {"batchnorm_adaptation": {"num_bn_adaptation_samples": 512}}},
+        ]})
+        config.batchnorm_adaptation_samples()  # 512: the pruning section sets nothing
+        ```
+        """
+        chosen = [value for _, value in self.batchnorm_adaptation_settings()]
+        if chosen:
+            return min(chosen)
+        return DEFAULT_BN_ADAPTATION_SAMPLES if self.compression else 0
+
+    def batchnorm_adaptation_settings(self) -> list[tuple[int, int]]:
+        """Returns `(section index, num_bn_adaptation_samples)` for every section that sets it."""
+        return [(index, section.initializer.batchnorm_adaptation.num_bn_adaptation_samples)
+                for index, section in enumerate(self.compression)
+                if section.initializer.batchnorm_adaptation.num_bn_adaptation_samples is not None]
+
     def summary(self) -> str:
         """Returns a short human-readable description of what the config will do.
 
@@ -270,6 +303,9 @@ class CompressionConfig(Section):
             lines.append("compression: none (the model is left as it is)")
         for number, section in enumerate(self.compression, 1):
             lines.append(f"{number}. {section.algorithm}: {section._describe()}")
+        if self.compression:
+            bn = self.batchnorm_adaptation_samples()
+            lines.append(f"BatchNorm adaptation: {f'{bn} samples, once for all algorithms' if bn else 'off'}")
         if self.accuracy_aware_training is not None:
             aa = self.accuracy_aware_training
             p = aa.params

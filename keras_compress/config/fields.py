@@ -18,6 +18,7 @@ __all__ = [
     "NonNegativeInt",
     "check_regex",
     "BatchnormAdaptationConfig",
+    "DEFAULT_BN_ADAPTATION_SAMPLES",
     "GenericInitializer",
     "AlgorithmSection",
 ]
@@ -90,11 +91,18 @@ class ScopedSection(Section):
     """Whether an exact layer name that is not in the model is an error (false: it matches nothing)."""
 
 
+#: Samples BatchNorm adaptation reads when no `compression` section sets `num_bn_adaptation_samples`
+#: (NNCF's default).
+DEFAULT_BN_ADAPTATION_SAMPLES = 2000
+
+
 class BatchnormAdaptationConfig(Section):
     """Re-estimates BatchNormalization statistics on training data after the model is compressed."""
 
-    num_bn_adaptation_samples: NonNegativeInt = 2000
-    """Samples to run through the model in training mode; 0 disables BN adaptation."""
+    num_bn_adaptation_samples: NonNegativeInt | None = None
+    """Samples to run through the model in training mode; 0 disables BN adaptation. It runs once for
+    all algorithms, on the smallest value any section sets (2000 when none sets it), so a section
+    that leaves the key out never overrules one that sets it."""
 
 
 class GenericInitializer(Section):

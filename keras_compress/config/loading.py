@@ -20,6 +20,7 @@ from keras_compress.config.document import (
     is_ignored,
 )
 from keras_compress.config.errors import ConfigError, ConfigWarning, ErrorSchema, json_type, translate_errors
+from keras_compress.config.packaged import list_configs, packaged_config
 from keras_compress.config.quantization import UNION_TAGS
 
 __all__ = ["load_config", "json_schema"]
@@ -37,8 +38,10 @@ def load_config(source: str | os.PathLike | dict | CompressionConfig) -> Compres
     """Loads and validates a compression config; never evaluates code.
 
     Args:
-        source: a path to a JSON file, a dict, a JSON string (a str starting with `{` or `[`),
-            or a `CompressionConfig` (returned as it is).
+        source: the name of a packaged config (`"int8"`, see `list_configs()`), a path to a JSON
+            file, a dict, a JSON string (a str starting with `{` or `[`), or a
+            `CompressionConfig` (returned as it is). A file at that path wins over a packaged
+            config of the same name.
 
     Returns:
         The validated config, with defaults and presets filled in.
@@ -55,6 +58,7 @@ def load_config(source: str | os.PathLike | dict | CompressionConfig) -> Compres
     ```python
     config = load_config('{"compression": {"algorithm": "filter_pruning", "params": {"pruning_target": 0.4}}}')
     config.get_algorithm("filter_pruning").params.pruning_target  # 0.4
+    load_config("int8").algorithm_names()  # ['quantization']: a packaged config, by name
     ```
     """
     if isinstance(source, CompressionConfig):
@@ -98,10 +102,12 @@ def _read(source: Any) -> Any:
         text = source
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
+        packaged = packaged_config(source) if isinstance(source, str) and not path.exists() else None
         try:
-            text = path.read_text(encoding="utf-8-sig")
+            text = (packaged or path).read_text(encoding="utf-8-sig")
         except FileNotFoundError:
-            raise ConfigError([("$", f"config file not found: '{path}'")]) from None
+            raise ConfigError([("$", f"config file not found: '{path}' (and no packaged config has that name; "
+                                     f"packaged: {', '.join(list_configs())})")]) from None
         except IsADirectoryError:
             raise ConfigError([("$", f"config path is a directory, not a JSON file: '{path}'")]) from None
         except (OSError, ValueError) as err:  # permissions, bad encoding, NUL in the path, ...
@@ -157,4 +163,18 @@ def _notices(config: CompressionConfig, sections: list, single: set[str]) -> lis
             if node.get(key) is not None:
                 path = ".".join(filter(None, [where, dotted]))
                 notices.append(f"{path}: PyTorch-only in NNCF, it has no effect in keras_compress")
+    notices += _batchnorm_notices(config, sections, single)
     return notices
+
+
+def _batchnorm_notices(config: CompressionConfig, sections: list, single: set[str]) -> list[str]:
+    """A warning when sections set different BatchNorm adaptation sample counts (it runs once, on the smallest)."""
+    settings = config.batchnorm_adaptation_settings()
+    if len({value for _, value in settings}) < 2:
+        return []
+    kept = [index for index, section in enumerate(sections) if not is_ignored(section)]
+    where = [("compression" if "compression" in single else f"compression[{kept[index]}]") for index, _ in settings]
+    asked = ", ".join(f"{path} asks for {value}" for path, (_, value) in zip(where, settings))
+    return [f"initializer.batchnorm_adaptation.num_bn_adaptation_samples differs between sections ({asked}): "
+            f"BatchNorm adaptation runs once for all algorithms, on the smallest: "
+            f"{config.batchnorm_adaptation_samples()} samples"]

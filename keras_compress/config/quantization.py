@@ -266,9 +266,8 @@ class QuantizationConfig(AlgorithmSection):
             range_init = f"range init: {len(init.range)} per-scope rules"
         else:
             range_init = f"range init {init.range.type} on {init.range.num_init_samples} samples"
-        bn = init.batchnorm_adaptation.num_bn_adaptation_samples
         text = (f"preset {self.preset}; {group('weights', self.weights)}; {group('activations', self.activations)}; "
-                f"{range_init}; BN adaptation {f'on {bn} samples' if bn else 'off'}; overflow fix {self.overflow_fix}")
+                f"{range_init}; overflow fix {self.overflow_fix}")
         if init.precision is not None:
             p = init.precision
             target = f", average {p.average_bits} bits" if p.average_bits is not None else ""
