@@ -45,15 +45,18 @@ _PUBLIC = {
     "export": "keras_compress.export",
     "FilterPruningWrapper": "keras_compress.pruning",
     "FakeQuantize": "keras_compress.quantization",
+    "InputQuantizeWrapper": "keras_compress.quantization",
     "QuantizeWrapper": "keras_compress.quantization",
     "MagnitudeSparsityWrapper": "keras_compress.sparsity",
     "MovementSparsityWrapper": "keras_compress.sparsity",
     "RBSparsityWrapper": "keras_compress.sparsity",
     "CompressionStatistics": "keras_compress.statistics",
+    "CompressedModel": "keras_compress.subclassed",
     "WeightsWrapper": "keras_compress.wrapper",
 }
 
 __all__ = [
+    "CompressedModel",
     "CompressionConfig",
     "CompressionController",
     "CompressionStatistics",
@@ -61,6 +64,7 @@ __all__ = [
     "ConfigWarning",
     "FakeQuantize",
     "FilterPruningWrapper",
+    "InputQuantizeWrapper",
     "MagnitudeSparsityWrapper",
     "MovementSparsityWrapper",
     "QuantizeWrapper",
@@ -91,7 +95,8 @@ if os.environ.get(LIGHT_IMPORT_ENV) != "1":
     from keras_compress.controller import CompressionController, compress
     from keras_compress.export import export
     from keras_compress.pruning import FilterPruningWrapper
-    from keras_compress.quantization import FakeQuantize, QuantizeWrapper
+    from keras_compress.quantization import FakeQuantize, InputQuantizeWrapper, QuantizeWrapper
     from keras_compress.sparsity import MagnitudeSparsityWrapper, MovementSparsityWrapper, RBSparsityWrapper
     from keras_compress.statistics import CompressionStatistics
+    from keras_compress.subclassed import CompressedModel
     from keras_compress.wrapper import WeightsWrapper

@@ -7,6 +7,8 @@ iterable of batches. Range init, BatchNorm adaptation and mixed precision read i
 
 from __future__ import annotations
 
+import itertools
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -20,6 +22,7 @@ __all__ = [
     "check_calibration_data",
     "iterate_batches",
     "one_shot_replay",
+    "peek_batch",
     "run_batches",
     "split_batch",
 ]
@@ -79,12 +82,23 @@ def iterate_batches(dataset, batch_size=32):
 
 
 def _input_specs(model):
-    """`[(name, shape, dtype)]` of the model's inputs, in `model.inputs` order."""
-    return [(t.name, tuple(t.shape), str(t.dtype)) for t in model.inputs]
+    """`[(name, shape, dtype)]` of the model's inputs, in `model.inputs` order (or its
+    `input_signature`), or None when the model has no symbolic inputs (an uncompressed subclassed
+    model): its batches are then checked for emptiness and finiteness only."""
+    signature = getattr(model, "input_signature", None)
+    if signature is not None:
+        return [(spec.name or f"input_{i}", tuple(spec.shape), str(spec.dtype)) for i, spec in enumerate(signature)]
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    return [(t.name, tuple(t.shape), str(t.dtype)) for t in inputs] if inputs else None
 
 
 def _match_inputs(specs, x):
     """Pairs each model input spec with its part of `x`: by name for a dict, else by position."""
+    if specs is None:
+        return [((f"input_{i}", None, ""), part) for i, part in enumerate(keras.tree.flatten(x))]
     if isinstance(x, dict):
         missing = [name for name, _, _ in specs if name not in x]
         if missing:
@@ -104,6 +118,8 @@ def _match_inputs(specs, x):
 
 def _check_part(spec, shape, dtype, where):
     name, expected, expected_dtype = spec
+    if expected is None:
+        return
     shape = tuple(None if d is None else int(d) for d in shape)
     fits = len(shape) == len(expected) and all(
         e is None or d is None or e == d for e, d in zip(expected, shape)
@@ -194,6 +210,26 @@ def check_calibration_batch(model_or_specs, x, step=0):
                     f"quantizer ranges). Received: {bad} NaN/Inf value(s) in input {spec[0]!r}{where}. "
                     "Clean the data (for example `np.nan_to_num`) or drop those samples."
                 )
+
+
+def peek_batch(dataset):
+    """The first input batch of calibration data, and the data to read from the start again.
+
+    A one-shot iterator (a generator) gets its first element put back in front.
+
+    Returns:
+        `(batch or None, dataset)`: None when the data is empty.
+    """
+    try:
+        one_shot = iter(dataset) is dataset
+    except TypeError:
+        one_shot = False
+    if not one_shot:
+        return next(iter(iterate_batches(dataset)), None), dataset
+    element = next(dataset, None)
+    if element is None:
+        return None, dataset
+    return next(iterate_batches(iter([element]))), itertools.chain([element], dataset)
 
 
 class _Replay:

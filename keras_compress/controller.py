@@ -21,16 +21,17 @@ import keras
 from keras_compress.accuracy_aware import AccuracyAwareCallback
 from keras_compress.algorithm import CompressionAlgorithm
 from keras_compress.bn_adaptation import adapt_batchnorm, batchnorm_layers
-from keras_compress.calibration import check_calibration_data, iterate_batches, one_shot_replay
+from keras_compress.calibration import check_calibration_data, iterate_batches, one_shot_replay, peek_batch
 from keras_compress.callbacks import CompressionScheduleCallback, CompressionStatisticsCallback
 from keras_compress.config import CompressionConfig, load_config
 from keras_compress.export.strip import strip_model
-from keras_compress.graph import as_functional, iter_layers
+from keras_compress.graph import as_functional, is_graph_model, iter_layers
 from keras_compress.pruning import FilterPruningAlgorithm
 from keras_compress.quantization import FakeQuantize, QuantizationAlgorithm
 from keras_compress.selection import check_scopes
 from keras_compress.sparsity import MagnitudeSparsityAlgorithm, MovementSparsityAlgorithm, RBSparsityAlgorithm
 from keras_compress.statistics import CompressionStatistics
+from keras_compress.subclassed import transform_subclassed
 from keras_compress.transform import transform_model
 from keras_compress.wrapper import WeightsWrapper
 
@@ -82,7 +83,8 @@ def compress(
     that need data (quantizer range init, BatchNorm adaptation).
 
     Args:
-        model: a Sequential or Functional `keras.Model`. It is not modified.
+        model: a Sequential, Functional or subclassed `keras.Model`. It is not modified: a
+            subclassed model is copied with `type(model).from_config(model.get_config())`.
         config: the name of a packaged config (`"int8"`, see `kc.list_configs()`), a path to an
             NNCF-style JSON file, a dict, a JSON string or a `CompressionConfig`.
         dataset: calibration data: a `tf.data.Dataset`, an `(x, y)` tuple of arrays, an array
@@ -92,15 +94,17 @@ def compress(
             per pass. A bar ends at the samples actually read when the data is shorter.
 
     Returns:
-        `(compressed_model, controller)`: a `keras.Model` to compile and fit as usual, and the
-        `CompressionController` that gives its callbacks, statistics and `strip()`.
+        `(compressed_model, controller)`: a `keras.Model` to compile and fit as usual (a
+        `CompressedModel` for a subclassed model), and the `CompressionController` that gives its
+        callbacks, statistics and `strip()`.
 
     Raises:
         ConfigError: for a bad config, and for an exact layer name in `ignored_scopes` or
             `target_scopes` that is not a layer of the model.
         ValueError: for calibration data that is empty, does not fit the model's inputs (the
             message names the input and both shapes), is not numeric or holds NaN/Inf; for a
-            subclassed model or a Sequential model without an input shape.
+            Sequential model without an input shape; for a subclassed model that cannot be copied
+            from its config, or with filter pruning (which needs a graph).
         TypeError: when `model` is not a `keras.Model`.
 
     A model in which no layer can be compressed is returned as a working clone, with a logged
@@ -116,22 +120,39 @@ def compress(
     """
     verbose = _check_verbose(verbose)
     cfg = load_config(config)
-    input_shape = tuple(cfg.input_info[0].sample_size[1:]) if cfg.input_info else None
-    functional = as_functional(model, input_shape)
+    subclassed = isinstance(model, keras.Model) and not is_graph_model(model)
+    if subclassed:
+        original = model  # compressed by replacing sublayers of a copy
+    else:
+        input_shape = tuple(cfg.input_info[0].sample_size[1:]) if cfg.input_info else None
+        original = as_functional(model, input_shape)
     # Bad input fails here, before anything is cloned or run.
     if dataset is not None:
-        check_calibration_data(functional, dataset)
-    check_scopes(functional, cfg)
+        check_calibration_data(original, dataset)
+    check_scopes(original, cfg)
     algorithms = build_algorithms(cfg)
 
-    def wrap_fn(original, fresh, path):
+    def wrap_fn(original_layer, fresh, path):
         layer = fresh
         for algorithm in algorithms:
-            layer = algorithm.wrap(original, layer, path)
+            layer = algorithm.wrap(original_layer, layer, path)
         return layer
 
-    compressed, pairs = transform_model(functional, wrap_fn, planners=algorithms)
-    controller = CompressionController(compressed, cfg, algorithms, pairs, original_model=functional)
+    if subclassed:
+        _check_graph_free(algorithms, model)
+        sample = None
+        if dataset is not None:
+            sample, dataset = peek_batch(dataset)
+
+        def wrap_inputs_fn(original_layer, layer, path):
+            for algorithm in algorithms:
+                layer = algorithm.wrap_inputs(original_layer, layer, path)
+            return layer
+
+        compressed, pairs = transform_subclassed(model, wrap_fn, wrap_inputs_fn, algorithms, sample)
+    else:
+        compressed, pairs = transform_model(original, wrap_fn, planners=algorithms)
+    controller = CompressionController(compressed, cfg, algorithms, pairs, original_model=original)
     if algorithms and not any(isinstance(layer, WeightsWrapper) for layer in iter_layers(compressed)):
         skipped = controller.statistics().skipped()
         quantizers = any(isinstance(layer, FakeQuantize) for layer in iter_layers(compressed))
@@ -160,6 +181,20 @@ def _check_verbose(verbose):
     if isinstance(verbose, bool) or verbose not in (0, 1, 2):
         raise ValueError(f'`verbose` must be 0, 1, 2 or "auto". Received: verbose={verbose!r}')
     return verbose
+
+
+def _check_graph_free(algorithms, model):
+    """Raises for algorithms that need a graph (filter pruning), which a subclassed model lacks."""
+    needing = [a.name for a in algorithms if a.needs_graph]
+    if needing:
+        raise ValueError(
+            f"{', '.join(needing)} needs the model's graph: filters can only be removed together with "
+            "the channels of every layer that reads them, and in a subclassed model the operations in "
+            f"`call()` that join channels (`x + y`, concatenations) are not visible. Received: "
+            f"{type(model).__name__} {model.name!r}, a subclassed model. Build the same network with the "
+            "Functional API (the same layers called on `keras.Input`) and load its weights to prune it; "
+            "quantization, sparsity and mixed precision work on the subclassed model as it is."
+        )
 
 
 class CompressionController:

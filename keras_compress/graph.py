@@ -21,7 +21,10 @@ __all__ = [
     "flatten_call_args",
     "fresh_copy",
     "is_graph_model",
+    "child_layers",
+    "is_container",
     "iter_layers",
+    "own_weights",
     "layers_by_path",
     "new_inputs",
     "node_role",
@@ -143,30 +146,98 @@ def node_weights(op):
 TensorRef = tuple
 
 
-def iter_layers(model, wrappers=True):
-    """Yields every layer of `model`, descending into nested models (and wrappers)."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from iter_layers(layer, wrappers)
+#: Attributes every Keras layer and model has: not sublayers of a user's class.
+_BASE_ATTRIBUTES = frozenset(dir(keras.layers.Layer())) | frozenset(dir(keras.Model()))
+
+
+def is_container(layer):
+    """Whether `layer` is a user-defined layer or subclassed model whose sublayers are its attributes
+    (or a layer that lists its sublayers with a `compression_children()` method).
+
+    Keras' own layers (Dense, MultiHeadAttention, ...) are leaves: their inner layers are details of
+    their implementation. Sequential and Functional models are graphs, not containers.
+    """
+    if not isinstance(layer, keras.layers.Layer) or is_graph_model(layer):
+        return False
+    if hasattr(type(layer), "compression_children"):
+        return True
+    if isinstance(layer, keras.layers.Wrapper):
+        return False
+    module = type(layer).__module__ or ""
+    return not (module == "keras" or module.startswith(("keras.", "keras_compress.", "keras_hub.", "keras_nlp.")))
+
+
+def child_layers(layer):
+    """`[(name, sublayer)]`: the layers `layer` holds directly, each under the name it is reached by.
+
+    A graph model's layers are named by their layer names; a container's (`is_container`) by their
+    attribute path: `"conv1"`, `"blocks/0"`, `"heads/query"` for layers held in attributes, lists
+    and dicts. A wrapper holds its wrapped `layer`, and the layers in its own attributes.
+    """
+    if is_graph_model(layer):
+        return [(child.name, child) for child in layer.layers]
+    if hasattr(type(layer), "compression_children"):
+        return layer.compression_children()
+    if isinstance(layer, keras.layers.Wrapper):
+        children = [("layer", layer.layer)]
+        if not (type(layer).__module__ or "").startswith("keras_compress."):
+            return children
+    elif is_container(layer):
+        children = []
+    else:
+        return []
+    for attribute, value in sorted(vars(layer).items()):
+        if attribute in _BASE_ATTRIBUTES or attribute.startswith(("__", "_self_")) or attribute == "layer":
             continue
-        yield layer
-        while wrappers and isinstance(layer, keras.layers.Wrapper):
-            layer = layer.layer
-            yield layer
+        if isinstance(value, keras.layers.Layer):
+            children.append((attribute, value))
+        elif isinstance(value, (list, tuple)):
+            children += [(f"{attribute}/{i}", v) for i, v in enumerate(value) if isinstance(v, keras.layers.Layer)]
+        elif isinstance(value, dict):
+            children += [(f"{attribute}/{k}", v) for k, v in value.items() if isinstance(v, keras.layers.Layer)]
+    return children
+
+
+def iter_layers(model, wrappers=True):
+    """Yields every layer inside `model` once: nested models and user-defined containers are
+    descended (not yielded), wrappers are yielded and (with `wrappers`) descended too."""
+    seen = set()
+
+    def walk(layer):
+        for _, child in child_layers(layer):
+            if id(child) in seen:
+                continue
+            seen.add(id(child))
+            if isinstance(child, keras.Model) or is_container(child):
+                yield from walk(child)
+                continue
+            yield child
+            if wrappers and isinstance(child, keras.layers.Wrapper):
+                yield from walk(child)
+
+    yield from walk(model)
 
 
 def layers_by_path(model, path=""):
-    """`{"outer/inner/name": layer}` for the layers of `model` and of its nested models (not wrappers).
+    """`{"outer/inner/name": layer}` for the leaf layers of `model`, at any depth (wrappers not descended).
 
-    A layer of a compressed model and the original layer it was made from have the same path.
+    Paths join the names of `child_layers`: layer names in graph models, attribute paths in
+    subclassed ones. A layer of a compressed model and the original layer it was made from have the
+    same path.
     """
     found = {}
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            found.update(layers_by_path(layer, f"{path}{layer.name}/"))
+    for name, layer in child_layers(model):
+        if isinstance(layer, keras.Model) or is_container(layer):
+            found.update(layers_by_path(layer, f"{path}{name}/"))
         else:
-            found[f"{path}{layer.name}"] = layer
+            found[f"{path}{name}"] = layer
     return found
+
+
+def own_weights(layer):
+    """The weights a layer created itself (`add_weight` in a container), without its sublayers'."""
+    inner = {id(w) for _, child in child_layers(layer) for w in child.weights}
+    return [w for w in layer.weights if id(w) not in inner]
 
 
 def fresh_copy(layer):

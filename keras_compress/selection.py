@@ -17,7 +17,7 @@ from keras_compress.compressible import (
     unsupported_reason,
 )
 from keras_compress.config import ConfigError
-from keras_compress.graph import node_weights
+from keras_compress.graph import child_layers, is_container, node_weights
 
 __all__ = ["matches_scope", "in_scope", "LayerSelection", "check_scopes"]
 
@@ -109,16 +109,17 @@ def check_scopes(model, config):
     or groups with `validate_scopes: false`.
 
     Args:
-        model: the Functional model being compressed (nested models are searched too).
+        model: the model being compressed (nested models and a subclassed model's sublayers are
+            searched too).
         config: the `CompressionConfig`.
     """
     names = set()
 
-    def collect(m, path):
-        for layer in m.layers:
+    def collect(parent, path):
+        for name, layer in child_layers(parent):
             names.update((layer.name, f"{path}{layer.name}"))
-            if isinstance(layer, keras.Model):
-                collect(layer, f"{path}{layer.name}/")
+            if isinstance(layer, keras.Model) or is_container(layer):
+                collect(layer, f"{path}{name}/")
 
     collect(model, "")
     problems = []

@@ -77,6 +77,21 @@ def subclassed_model():
     return model
 
 
+class NeedsArguments(keras.Model):
+    def __init__(self, units, **kwargs):  # `units` is not in get_config: no copy can be made
+        super().__init__(**kwargs)
+        self.dense = L.Dense(units)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+def unconfigurable_subclass():
+    model = NeedsArguments(3)
+    model(np.zeros((1, 4), "float32"))
+    return model
+
+
 def unbuilt_sequential():
     return keras.Sequential([L.Dense(4, name="d1"), L.Dense(2, name="d2")])
 
@@ -277,8 +292,10 @@ ERROR_CASES = [
     # Models keras_compress cannot transform.
     case("not_a_model", qat(), model=a_dense_layer, error=TypeError,
          patterns=[r"`model` must be a keras\.Model\. Received: model=Dense"]),
-    case("subclassed_model", qat(), model=subclassed_model,
-         patterns=[r"Received a subclassed model of type Subclassed", r"Functional API"]),
+    case("subclass_without_config", qat(), model=unconfigurable_subclass,
+         patterns=[r"kc\.compress works on a copy of a subclassed model", r"Let `NeedsArguments\.__init__` take `\*\*kwargs`.*`get_config\(\)`"]),
+    case("filter_pruning_of_a_subclass", {"compression": {"algorithm": "filter_pruning"}}, model=subclassed_model,
+         patterns=[r"filter_pruning needs the model's graph", r"Functional API"]),
     case("unbuilt_sequential", qat(), model=unbuilt_sequential,
          patterns=[r"Sequential model '.*' has no input shape\..*`input_info\.sample_size`"]),
 ]  # fmt: skip

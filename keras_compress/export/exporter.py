@@ -16,8 +16,11 @@ FORMATS = ("openvino", "saved_model")
 
 
 def _save_saved_model(model, directory):
+    # A model without symbolic inputs (a subclassed one) tells its inputs through `input_signature`.
+    signature = getattr(model, "input_signature", None)
+    options = {} if signature is None else {"input_signature": signature}
     try:
-        model.export(str(directory), format="tf_saved_model", verbose=False)
+        model.export(str(directory), format="tf_saved_model", verbose=False, **options)
     except Exception as err:  # noqa: BLE001 - tracing can raise anything
         raise RuntimeError(
             f"Could not trace model {model.name!r} into a SavedModel: {err}"

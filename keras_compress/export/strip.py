@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import keras
 
-from keras_compress.graph import fresh_copy, iter_layers
+from keras_compress.graph import fresh_copy, is_graph_model, iter_layers
 from keras_compress.pruning import FilterPruningWrapper, remove_pruned_filters
+from keras_compress.subclassed import CompressedModel, strip_subclassed
 from keras_compress.wrapper import WeightsWrapper
 
-__all__ = ["strip_model"]
+__all__ = ["strip_layer", "strip_model"]
 
 
 def strip_model(model, algorithms=()):
@@ -24,8 +25,10 @@ def strip_model(model, algorithms=()):
         algorithms: algorithm objects whose `strip(model)` to apply (the controller's).
 
     Returns:
-        A new `keras.Model`.
+        A new `keras.Model` (a `CompressedModel` for a subclassed one).
     """
+    if isinstance(model, CompressedModel):
+        return strip_subclassed(model, strip_layer)
     pruned = any(isinstance(layer, FilterPruningWrapper) for layer in iter_layers(model))
     copy = keras.models.clone_model(model, clone_function=fresh_copy, recursive=True)
     copy.set_weights(model.get_weights())
@@ -43,3 +46,11 @@ def strip_model(model, algorithms=()):
     if pruned and not any(getattr(a, "name", None) == "filter_pruning" for a in algorithms):
         stripped = remove_pruned_filters(stripped)
     return stripped
+
+
+def strip_layer(layer):
+    """The inference version of one layer: a wrapper's `strip()`, a stripped graph model, or the layer."""
+    if is_graph_model(layer):
+        return strip_model(layer)
+    strip = getattr(layer, "strip", None)
+    return strip() if isinstance(layer, keras.layers.Wrapper) and callable(strip) else layer

@@ -45,6 +45,7 @@ class FilterPruningAlgorithm(CompressionAlgorithm):
     """
 
     name = "filter_pruning"
+    needs_graph = True
 
     def __init__(self, config, target_device="ANY"):
         super().__init__(config, target_device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from keras_compress.quantization.quantizers import Quantizer, QuantizerSpec
@@ -50,7 +51,10 @@ class QuantizeWrapper(WeightsWrapper):
         base = unwrap(self)
         for attr, quantizer in self.quantizers.items():
             quantizer.build(self, name=attr, weight_shape=getattr(base, attr).shape)
-        self.initialize_ranges_from_weights()
+        # Keras builds a layer that has no build() (a user's block holding this wrapper) by tracing
+        # its call in a graph; the ranges are set from the weights' values outside of it.
+        with tf.init_scope():
+            self.initialize_ranges_from_weights()
 
     def initialize_ranges_from_weights(self):
         """Sets each weight quantizer's range to the min/max of the current weights."""

@@ -1,0 +1,203 @@
+"""Subclassed models: compressed as they are, saved, loaded in a new process, exported to INT8."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+
+import keras_compress as kc  # noqa: E402
+from helpers import quantization_config  # noqa: E402
+from keras_compress.benchmark import compile_ir, runtime_precisions  # noqa: E402
+from keras_compress.graph import iter_layers  # noqa: E402
+from keras_compress.subclassed import CompressedModel  # noqa: E402
+from subclassed_models import (  # noqa: E402
+    DigitsNet,
+    TextEncoder,
+    Unconfigurable,
+    WithBackbone,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+def _images(n=32, seed=0):
+    return np.random.default_rng(seed).uniform(0, 1, (n, 8, 8, 1)).astype("float32")
+
+
+def _digits_net(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = DigitsNet(width=8)
+    model(_images(2))
+    return model
+
+
+def _run_in_new_process(code, tmp_path):
+    """Runs `code` in a fresh Python that imports keras_compress and the test models; returns stdout."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)]), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_compress_leaves_the_subclassed_model_unchanged_and_wraps_every_conv_and_dense():
+    model = _digits_net()
+    before = [w.copy() for w in model.get_weights()]
+    x = _images()
+    compressed, ctrl = kc.compress(model, quantization_config(), dataset=x)
+    assert isinstance(compressed, CompressedModel)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    assert not any(isinstance(layer, (kc.QuantizeWrapper, kc.FakeQuantize)) for layer in iter_layers(model))
+    stats = ctrl.statistics()
+    assert stats.figures()["quantization/weight_quantizers"] == 4  # three convs and the classifier
+    # Inputs of the three convs, of the average pooling and of the classifier.
+    assert stats.figures()["quantization/activation_quantizers"] == 5
+    assert stats.figures()["quantization/unsigned_activation_share"] == 1.0  # all after ReLU or images
+    # 8-bit fake quantization changes the logits a little (a few percent), not more.
+    reference, output = model.predict(x, verbose=0), compressed.predict(x, verbose=0)
+    assert np.linalg.norm(output - reference) < 0.1 * np.linalg.norm(reference)
+    assert compressed.blocks[0].filters == 8  # the user's attributes are reachable
+
+
+def test_subclassed_cnn_trains_saves_loads_in_a_new_process_and_exports_int8(tmp_path):
+    model = _digits_net()
+    x, y = _images(64), np.arange(64) % 10
+    compressed, ctrl = kc.compress(model, quantization_config(bn_samples=32), dataset=(x, y))
+    compressed.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    scales = [v for v in compressed.trainable_weights if v.name == "activation_scale"]
+    before = [float(v.numpy()) for v in scales]
+    compressed.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=ctrl.callbacks())
+    assert any(abs(float(v.numpy()) - b) > 1e-6 for v, b in zip(scales, before)), "ranges are trained"
+    path = tmp_path / "subclassed.keras"
+    compressed.save(path)
+    np.save(tmp_path / "x.npy", x[:8])
+    np.save(tmp_path / "expected.npy", compressed.predict(x[:8], verbose=0))
+    out = _run_in_new_process(
+        f"""
+        import json, numpy as np, keras
+        import keras_compress as kc
+        import subclassed_models  # the user's registered classes
+        from keras_compress.benchmark import compile_ir, runtime_precisions
+        model = keras.saving.load_model({str(path)!r}, safe_mode=True)
+        x = np.load("x.npy")
+        same = float(np.abs(model.predict(x, verbose=0) - np.load("expected.npy")).max())
+        xml = kc.export(model, "ir/model")
+        compiled = compile_ir(xml)
+        ir = compiled(x)[0]
+        counts = {{f"{{t}}:{{p}}": n for (t, p), n in runtime_precisions(compiled).items()}}
+        print(json.dumps({{"type": type(model).__name__, "same": same, "counts": counts,
+                          "ir_error": float(np.abs(ir - np.load("expected.npy")).max())}}))
+        """,
+        tmp_path,
+    )
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["type"] == "CompressedModel"
+    assert result["same"] < 1e-5
+    assert result["counts"] == {"Convolution:u8": 3, "FullyConnected:u8": 1}
+    expected = np.load(tmp_path / "expected.npy")
+    assert result["ir_error"] < 0.02 * np.abs(expected).max()
+
+
+def test_strip_of_a_subclassed_model_keeps_its_outputs_and_leaves_it_trainable():
+    model = _digits_net()
+    x = _images()
+    config = {"compression": [quantization_config()["compression"], {"algorithm": "magnitude_sparsity",
+                                                                      "sparsity_init": 0.5}]}  # fmt: skip
+    compressed, ctrl = kc.compress(model, config, dataset=x)
+    stripped = ctrl.strip()
+    np.testing.assert_allclose(stripped.predict(x, verbose=0), compressed.predict(x, verbose=0), atol=1e-4)
+    kinds = {type(layer).__name__ for layer in iter_layers(stripped)}
+    assert "MagnitudeSparsityWrapper" not in kinds and "QuantizeWrapper" in kinds
+    kernels = [layer.kernel.numpy() for layer in iter_layers(stripped) if isinstance(layer, (keras.layers.Conv2D,
+                                                                                           keras.layers.Dense))]
+    zeros = sum(int(np.sum(k == 0)) for k in kernels) / sum(k.size for k in kernels)
+    assert zeros == pytest.approx(0.5, abs=0.01)  # the masks are folded into the weights
+    assert any(isinstance(layer, kc.MagnitudeSparsityWrapper) for layer in iter_layers(compressed))
+
+
+@pytest.mark.parametrize("algorithm", ["magnitude_sparsity", "rb_sparsity", "movement_sparsity"])
+def test_sparsity_works_on_a_subclassed_model(algorithm):
+    model = _digits_net()
+    x, y = _images(64), np.arange(64) % 10
+    section = {"algorithm": algorithm, "sparsity_init": 0.3, "params": {"sparsity_target": 0.6,
+                                                                        "sparsity_target_epoch": 2}}
+    if algorithm == "movement_sparsity":
+        section = {"algorithm": algorithm, "params": {"warmup_start_epoch": 0, "warmup_end_epoch": 2,
+                                                      "importance_regularization_factor": 0.01, "sparsity_target": 0.5}}
+    compressed, ctrl = kc.compress(model, {"compression": section}, dataset=x)
+    compressed.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    compressed.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=ctrl.callbacks())
+    stats = ctrl.statistics()
+    layers = stats.sections[algorithm]["layers"][1]
+    expected_layers = 1 if algorithm == "movement_sparsity" else 4  # movement: Dense only
+    assert len(layers) == expected_layers
+    if algorithm == "magnitude_sparsity":
+        assert stats.figures()["magnitude_sparsity/sparsity_level"] == pytest.approx(0.6, abs=0.02)
+    elif algorithm == "movement_sparsity":
+        assert stats.figures()["movement_sparsity/sparsity_level"] == pytest.approx(0.5, abs=0.05)
+    else:
+        assert stats.figures()["rb_sparsity/target_level"] == pytest.approx(0.6, abs=0.01)
+
+
+def test_mixed_precision_assigns_bits_to_a_subclassed_model():
+    model = _digits_net()
+    x = _images(32)
+    config = quantization_config()
+    config["compression"]["initializer"]["precision"] = {
+        "type": "hawq", "bits": [4, 8], "average_bits": 6, "num_data_points": 16, "iter_number": 4,
+    }  # fmt: skip
+    compressed, ctrl = kc.compress(model, config, dataset=x)
+    rows = ctrl.statistics().sections["quantization"]["mixed precision"][1]
+    assert len(rows) == 4
+    assert {row[3] for row in rows} <= {4, 8} and 4 in {row[3] for row in rows}
+    assert rows[0][0].startswith("blocks/")  # paths of the user's attributes
+    assert ctrl.statistics().figures()["quantization/weighted_weight_bits"] <= 6.0 + 1e-6
+
+
+def test_filter_pruning_refuses_a_subclassed_model_with_what_to_do():
+    model = _digits_net()
+    with pytest.raises(ValueError, match="Functional API") as err:
+        kc.compress(model, {"compression": {"algorithm": "filter_pruning"}}, dataset=_images(4))
+    assert "subclassed" in str(err.value) and "DigitsNet" in str(err.value)
+
+
+def test_a_subclass_that_cannot_be_copied_gets_a_clear_error():
+    model = Unconfigurable(3)
+    model(np.zeros((1, 2), "float32"))
+    with pytest.raises(ValueError, match="get_config"):
+        kc.compress(model, quantization_config(), dataset=np.zeros((4, 2), "float32"))
+
+
+def test_a_functional_backbone_inside_a_subclass_is_compressed_with_its_graph():
+    model = WithBackbone()
+    x = _images(16)
+    model(x)
+    compressed, ctrl = kc.compress(model, quantization_config(), dataset=x)
+    names = [layer.name for layer in compressed.backbone.layers]
+    assert "bb_conv1_quantizer" in names  # a graph quantizer between the two convolutions
+    assert isinstance(compressed.backbone.get_layer("bb_conv2"), kc.QuantizeWrapper)
+    assert ctrl.statistics().figures()["quantization/weight_quantizers"] == 3
+
+
+def test_subclassed_transformer_layers_in_lists_and_dicts_are_found():
+    model = TextEncoder()
+    ids = np.random.default_rng(0).integers(0, 100, (16, 16))
+    model(ids)
+    compressed, ctrl = kc.compress(model, quantization_config(), dataset=ids)
+    wrapped = [layer for layer in iter_layers(compressed) if isinstance(layer, kc.QuantizeWrapper)]
+    # Two MLP Dense layers per block (held in a dict) and the classifier at least.
+    assert len(wrapped) >= 5
+    skipped = ctrl.statistics().skipped()
+    assert sum(reason.endswith("embedding weights are not quantized") for reason in skipped.values()) == 2
