@@ -48,6 +48,8 @@ class FilterPruningWrapper(WeightsWrapper):
         0.0
     """
 
+    scheduled = True
+
     def __init__(self, layer, **kwargs):
         super().__init__(layer, **kwargs)
         if self.spec.kind not in MASKED_KINDS:

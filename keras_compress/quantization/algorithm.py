@@ -44,6 +44,7 @@ class QuantizationAlgorithm(CompressionAlgorithm):
     """
 
     name = "quantization"
+    layer_types = (QuantizeWrapper, FakeQuantize)
 
     def __init__(self, config, target_device="ANY"):
         super().__init__(config, target_device)

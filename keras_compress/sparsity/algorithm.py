@@ -130,6 +130,16 @@ class _ScheduledSparsity(_SparsityAlgorithm):
         self.level = level
         self.apply_level(model, level)
 
+    def restore(self, model, epoch):
+        """Continues from the level the model's masks (or loss targets) were last set for."""
+        self.epoch = float(epoch)
+        applied = self.applied_level(model)
+        if applied is not None and applied >= 0:
+            self.level = applied
+            if isinstance(self.schedule, AdaptiveSchedule):
+                self.schedule.level = applied
+                self.schedule.last_epoch = int(epoch)
+
     def get_state(self):
         state = super().get_state()
         if isinstance(self.schedule, AdaptiveSchedule):
@@ -152,6 +162,7 @@ class MagnitudeSparsityAlgorithm(_ScheduledSparsity):
 
     name = "magnitude_sparsity"
     wrapper_class = MagnitudeSparsityWrapper
+    layer_types = (MagnitudeSparsityWrapper,)
 
     def on_compress(self, model):
         self.compute_masks(model, self.level)
@@ -194,6 +205,7 @@ class RBSparsityAlgorithm(_ScheduledSparsity):
 
     name = "rb_sparsity"
     wrapper_class = RBSparsityWrapper
+    layer_types = (RBSparsityWrapper,)
 
     def on_compress(self, model):
         wrappers = self.wrappers(model)
@@ -202,6 +214,10 @@ class RBSparsityAlgorithm(_ScheduledSparsity):
         for wrapper, size in zip(wrappers, sizes):
             wrapper.share.assign(size / total)
         self.apply_level(model, self.level)
+
+    def applied_level(self, model):
+        wrappers = self.wrappers(model)
+        return float(ops.convert_to_numpy(wrappers[0].target)) if wrappers else None
 
     def apply_level(self, model, level):
         """Sets the sparsity-loss target of every wrapper."""
@@ -227,6 +243,7 @@ class MovementSparsityAlgorithm(_SparsityAlgorithm):
 
     name = "movement_sparsity"
     wrapper_class = MovementSparsityWrapper
+    layer_types = (MovementSparsityWrapper,)
     kinds = ("dense", "einsum_dense")
     per_step = True
 
@@ -274,9 +291,22 @@ class MovementSparsityAlgorithm(_SparsityAlgorithm):
         if self.init_threshold is None:
             lowest = [float(np.min(ops.convert_to_numpy(s))) for w in wrappers for s in w.scores.values()]
             self.init_threshold = min(lowest, default=0.0) - 1e-3
+            for wrapper in wrappers:
+                wrapper.init_threshold.assign(self.init_threshold)
         threshold = self.init_threshold + (p.final_importance_threshold - self.init_threshold) * weight
         for wrapper in wrappers:
             wrapper.threshold.assign(threshold)
+        self.level = self.statistics(model)["figures"]["sparsity_level"]
+
+    def restore(self, model, epoch):
+        """Takes the warm-up's initial threshold from the model once warm-up has started."""
+        self.epoch = float(epoch)
+        wrappers = self.wrappers(model)
+        if not wrappers:
+            return
+        started = float(ops.convert_to_numpy(wrappers[0].threshold)) > -1e8
+        if started and self.init_threshold is None and self.config.params.sparsity_target is None:
+            self.init_threshold = float(ops.convert_to_numpy(wrappers[0].init_threshold))
         self.level = self.statistics(model)["figures"]["sparsity_level"]
 
     def get_state(self):
