@@ -281,6 +281,8 @@ class CompressionController:
         """Called by the schedule callback when `fit` ends."""
         for wrapper in self._wrappers:
             wrapper.driven = False
+        for name in PROGRESS_VARIABLES:  # every wrapper holds the whole progress
+            self._set_counter(name, self._counter(name), everywhere=True)
 
     def on_epoch_begin(self, epoch: int | None = None) -> None:
         """Advances per-epoch schedules to the next epoch.

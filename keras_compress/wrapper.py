@@ -6,11 +6,12 @@ import logging
 import weakref
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_compress.compressible import call_with_weights, compressible_spec
 
-__all__ = ["PROGRESS_VARIABLES", "WeightsWrapper", "unwrap"]
+__all__ = ["PROGRESS_VARIABLES", "WeightsWrapper", "exported_entries", "unwrap"]
 
 logger = logging.getLogger("keras_compress")
 
@@ -25,6 +26,30 @@ def unwrap(layer):
     while isinstance(layer, WeightsWrapper):
         layer = layer.layer
     return layer
+
+
+def exported_entries(layers, wrapper):
+    """`{weight name: bool array}`: the entries of `wrapper`'s weights that survive export.
+
+    Export removes some weight entries altogether (filter pruning drops pruned filters and the
+    input channels that read them), whichever wrapper of the stack around the layer asks for it;
+    figures about the exported model (sparsity) count only the entries that survive. A weight
+    with no entry in the result survives whole.
+
+    Args:
+        layers: the layers of the model (`iter_layers(model)`: every wrapper, outer ones first).
+        wrapper: a `WeightsWrapper` of the model.
+    """
+    outermost = wrapper
+    for layer in layers:
+        if isinstance(layer, WeightsWrapper) and wrapper in layer._chain()[0]:
+            outermost = layer
+            break
+    kept = {}
+    for member in outermost._chain()[0]:
+        for name, mask in (member.surviving_entries() or {}).items():
+            kept[name] = kept[name] & mask if name in kept else mask
+    return kept
 
 
 class WeightsWrapper(keras.layers.Wrapper):
@@ -125,6 +150,11 @@ class WeightsWrapper(keras.layers.Wrapper):
 
     def training_loss(self):
         """A loss term this wrapper adds in training (RB, movement sparsity), or None."""
+        return None
+
+    def surviving_entries(self):
+        """`{weight name: bool array}` of the wrapped layer's weight entries this wrapper keeps at
+        export, or None when it removes none (see `exported_entries`)."""
         return None
 
     #: True while a `CompressionController` drives this wrapper's schedule (set by the controller).

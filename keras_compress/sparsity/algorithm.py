@@ -15,7 +15,7 @@ from keras_compress.sparsity.wrappers import (
     MovementSparsityWrapper,
     RBSparsityWrapper,
 )
-from keras_compress.wrapper import unwrap
+from keras_compress.wrapper import exported_entries, unwrap
 
 __all__ = ["MagnitudeSparsityAlgorithm", "RBSparsityAlgorithm", "MovementSparsityAlgorithm"]
 
@@ -86,10 +86,14 @@ class _SparsityAlgorithm(CompressionAlgorithm):
 
     # ----------------------------------------------------------------- statistics
     def statistics(self, model):
+        """Sparsity of the weights that survive export (pruned filters, removed at export, are not
+        counted: their zeros are not in the exported model)."""
         rows, effective = [], []
+        layers = list(iter_layers(model))
         for wrapper in self.wrappers(model):
             weights = wrapper.effective_weights(training=False)
-            arrays = [ops.convert_to_numpy(weights[a]) for a in wrapper.weight_names]
+            kept = exported_entries(layers, wrapper)
+            arrays = [_kept(ops.convert_to_numpy(weights[a]), kept.get(a)) for a in wrapper.weight_names]
             effective += arrays
             rows.append([wrapper.name, sum(a.size for a in arrays), sparsity_level(arrays)])
         figures = {
@@ -102,6 +106,11 @@ class _SparsityAlgorithm(CompressionAlgorithm):
             "layers": (["layer", "weights", "sparsity"], rows),
             "skipped": dict(self.skipped),
         }
+
+
+def _kept(array, kept):
+    """The entries of `array` that survive export (all of them when `kept` is None)."""
+    return array if kept is None else array[kept]
 
 
 class _ScheduledSparsity(_SparsityAlgorithm):
@@ -178,20 +187,34 @@ class MagnitudeSparsityAlgorithm(_ScheduledSparsity):
             self.compute_masks(model, level)
 
     def compute_masks(self, model, level):
-        """Sets every mask so that `level` of the sparsified weights are zero."""
+        """Sets every mask so that `level` of the sparsified weights that survive export are zero.
+
+        Entries that export removes (pruned filters) are left out of the ranking, so the level is
+        that of the exported weights.
+        """
         wrappers = self.wrappers(model)
-        pairs = [(w, a) for w in wrappers for a in w.weight_names]
+        layers = list(iter_layers(model))
+        pairs, weights, kept = [], [], []
+        for wrapper in wrappers:
+            survive = exported_entries(layers, wrapper)
+            for attr in wrapper.weight_names:
+                w = ops.convert_to_numpy(getattr(unwrap(wrapper), attr))
+                keep = survive.get(attr, np.ones(w.shape, bool))
+                pairs.append((wrapper, attr))
+                weights.append(w[keep])
+                kept.append(keep)
         if not pairs:
             return
-        weights = [ops.convert_to_numpy(getattr(unwrap(w), a)) for w, a in pairs]
         masks = magnitude_masks(
             weights,
             level,
             self.config.params.weight_importance,
             self.config.params.sparsity_level_setting_mode,
         )
-        for (wrapper, attr), mask in zip(pairs, masks):
-            wrapper.masks[attr].assign(mask)
+        for (wrapper, attr), mask, keep in zip(pairs, masks, kept):
+            full = np.ones(keep.shape, "float32")
+            full[keep] = mask
+            wrapper.masks[attr].assign(full)
         for wrapper in wrappers:
             wrapper.mask_level.assign(level)
 
