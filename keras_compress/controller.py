@@ -31,7 +31,7 @@ from keras_compress.export.strip import strip_model
 from keras_compress.graph import as_functional, iter_layers
 from keras_compress.pruning import FilterPruningAlgorithm
 from keras_compress.quantization import FakeQuantize, QuantizationAlgorithm
-from keras_compress.selection import check_scopes
+from keras_compress.selection import check_scopes, resolve_torch_scopes
 from keras_compress.sparsity import MagnitudeSparsityAlgorithm, MovementSparsityAlgorithm, RBSparsityAlgorithm
 from keras_compress.statistics import CompressionStatistics
 from keras_compress.transform import transform_model
@@ -97,6 +97,7 @@ def _bind(model, cfg, dataset):
             f"{', '.join(asked) or 'no algorithm'}. To add or remove an algorithm, compress the "
             "original, uncompressed model with the whole config."
         )
+    cfg = resolve_torch_scopes(model, cfg)
     check_scopes(model, cfg)
     if dataset is not None:
         logger.info(
@@ -134,8 +135,9 @@ def compress(
         `CompressionController` that gives its callbacks, statistics and `strip()`.
 
     Raises:
-        ConfigError: for a bad config, and for an exact layer name in `ignored_scopes` or
-            `target_scopes` that is not a layer of the model.
+        ConfigError: for a bad config, and for an exact layer name in any key that names layers
+            (`ignored_scopes`, `target_scopes`, `scope_overrides`, `bitwidth_per_scope`,
+            `unified_scale_ops`, ...) that is not a layer of the model.
         ValueError: for calibration data that is empty, does not fit the model's inputs (the
             message names the input and both shapes), is not numeric or holds NaN/Inf; for a
             subclassed model or a Sequential model without an input shape.
@@ -169,6 +171,7 @@ def compress(
     # Bad input fails here, before anything is cloned or run.
     if dataset is not None:
         check_calibration_data(functional, dataset)
+    cfg = resolve_torch_scopes(functional, cfg)
     check_scopes(functional, cfg)
     algorithms = build_algorithms(cfg)
 

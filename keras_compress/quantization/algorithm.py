@@ -12,6 +12,7 @@ import numpy as np
 from keras_compress.algorithm import CompressionAlgorithm
 from keras_compress.calibration import run_batches
 from keras_compress.compressible import compressible_spec
+from keras_compress.config.scopes import split_precision_scope
 from keras_compress.graph import iter_layers, layers_by_path
 from keras_compress.quantization.fake_quantize import FakeQuantize
 from keras_compress.quantization.placement import AGNOSTIC_ROLES, plan_activation_quantizers
@@ -92,11 +93,14 @@ class QuantizationAlgorithm(CompressionAlgorithm):
                 break
         return types.SimpleNamespace(**settings)
 
-    def _manual_bits(self, names):
+    def _manual_bits(self, names, group="weights"):
+        """The bits `bitwidth_per_scope` gives a quantizer of `group` ("weights": a layer's weights,
+        "activations": the quantizer on a layer's output), or None."""
         if self.precision is None or self.precision.type != "manual":
             return None
         for bits, scope in self.precision.bitwidth_per_scope:
-            if matches_scope(names, [scope]):
+            name, scope_group = split_precision_scope(scope)
+            if scope_group == group and matches_scope(names, [name]):
                 return bits
         return None
 
@@ -157,8 +161,10 @@ class QuantizationAlgorithm(CompressionAlgorithm):
     def make_layer(self, key, plan):
         """The `FakeQuantize` layer for an activation quantizer key of `plan`."""
         name = plan.names[key]
-        act = self._settings("activations", [name, name.rsplit("_quantizer", 1)[0]])
-        return FakeQuantize(mode=act.mode, bits=act.bits, signed=act.signed, name=name)
+        names = [name, name.rsplit("_quantizer", 1)[0]]
+        act = self._settings("activations", names)
+        bits = self._manual_bits(names, "activations") or act.bits
+        return FakeQuantize(mode=act.mode, bits=bits, signed=act.signed, name=name)
 
     # ----------------------------------------------------------------- initialization
     def activation_quantizers(self, model):
@@ -199,11 +205,6 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         """
         precision = self.precision
         if precision is None or precision.type != "hawq":
-            if precision is not None and precision.type == "autoq":
-                raise ValueError(
-                    "initializer.precision.type 'autoq' (NNCF's reinforcement-learning search) is "
-                    "not supported. Use 'hawq' (sensitivity-based) or 'manual'."
-                )
             return
         originals = layers_by_path(original_model)
         kernels, axes, owners = {}, {}, {}
