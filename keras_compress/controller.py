@@ -28,10 +28,10 @@ from keras_compress.calibration import check_calibration_data, iterate_batches, 
 from keras_compress.callbacks import CompressionScheduleCallback, CompressionStatisticsCallback
 from keras_compress.config import CompressionConfig, load_config
 from keras_compress.export.strip import strip_model
-from keras_compress.graph import as_functional, iter_layers
+from keras_compress.graph import as_functional, iter_layers, layers_by_path
 from keras_compress.pruning import FilterPruningAlgorithm
 from keras_compress.quantization import FakeQuantize, QuantizationAlgorithm
-from keras_compress.selection import check_scopes, resolve_torch_scopes
+from keras_compress.selection import check_scopes, resolve_torch_scopes, unmatched_quantizer_scopes
 from keras_compress.sparsity import MagnitudeSparsityAlgorithm, MovementSparsityAlgorithm, RBSparsityAlgorithm
 from keras_compress.statistics import CompressionStatistics
 from keras_compress.transform import transform_model
@@ -182,6 +182,9 @@ def compress(
         return layer
 
     compressed, pairs = transform_model(functional, wrap_fn, planners=algorithms)
+    quantizer_paths = [p for p, layer in layers_by_path(compressed).items() if isinstance(layer, FakeQuantize)]
+    for path, message in unmatched_quantizer_scopes(compressed, cfg, quantizer_paths):
+        logger.warning("%s: %s", path, message)
     controller = CompressionController(compressed, cfg, algorithms, pairs, original_model=functional)
     if algorithms and not any(isinstance(layer, WeightsWrapper) for layer in iter_layers(compressed)):
         skipped = controller.statistics().skipped()

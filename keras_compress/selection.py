@@ -27,7 +27,14 @@ from keras_compress.config.scopes import (
 )
 from keras_compress.graph import node_weights
 
-__all__ = ["matches_scope", "in_scope", "LayerSelection", "check_scopes", "resolve_torch_scopes"]
+__all__ = [
+    "matches_scope",
+    "in_scope",
+    "LayerSelection",
+    "check_scopes",
+    "resolve_torch_scopes",
+    "unmatched_quantizer_scopes",
+]
 
 #: How many NNCF PyTorch scopes that name no layer are listed one by one (the rest are counted).
 _TORCH_LISTED = 10
@@ -154,7 +161,7 @@ def check_scopes(model, config):
     problems = []
     for index, section in enumerate(config.compression):
         for scope in layer_scopes(section):
-            names = activations if scope.group == "activations" else layers
+            names = activations if scope.group == "quantizers" else layers
             if not scope.validate or scope.scope.startswith("{re}") or scope.scope in names:
                 continue
             close = difflib.get_close_matches(scope.scope, sorted(names), n=1, cutoff=0.6)
@@ -167,6 +174,34 @@ def check_scopes(model, config):
             ))  # fmt: skip
     if problems:
         raise ConfigError(problems)
+
+
+def unmatched_quantizer_scopes(model, config, quantizer_names):
+    """`(json path, message)` for every exact scope naming activation quantizers that names none of `model`.
+
+    A name that passed `check_scopes` (a layer or an input) may still have no quantizer on its output
+    (quantizers sit at the inputs of the layers that compute on integers): such a scope has no effect.
+    `bitwidth_per_scope` is left to the quantization algorithm, which reports all its unused entries.
+
+    Args:
+        model: the compressed model.
+        config: the `CompressionConfig`.
+        quantizer_names: the names of the model's activation quantizers (with "outer/" paths).
+    """
+    names = set()
+    for path in quantizer_names:
+        for name in (path, path.rsplit("/", 1)[-1]):
+            names.update((name, name.rsplit("_quantizer", 1)[0]))
+    found = []
+    for index, section in enumerate(config.compression):
+        for scope in layer_scopes(section):
+            if scope.group != "quantizers" or "bitwidth_per_scope" in scope.path or scope.scope.startswith("{re}"):
+                continue
+            if scope.scope not in names:
+                found.append((json_path((*_section_path(config, index), *scope.path)),
+                              f"'{scope.scope}' names no activation quantizer of model '{model.name}' "
+                              f"(its quantizers: {', '.join(sorted(quantizer_names)) or 'none'}); it has no effect"))
+    return found
 
 
 def _torch_candidates(model, scope):

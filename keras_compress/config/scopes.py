@@ -42,7 +42,8 @@ class LayerScope(NamedTuple):
     scope: str
     """The scope as written (without a `|WEIGHT` / `|OUTPUT` suffix)."""
     group: str
-    """"layers" (a layer), or "activations" (a layer or model input whose output is quantized)."""
+    """"layers": it names a layer (or operation); "quantizers": an activation quantizer, by its name or by
+    the layer or model input whose output it quantizes."""
     validate: bool
     """Whether an exact name that is not in the model is an error (`validate_scopes`)."""
 
@@ -119,10 +120,11 @@ def layer_scopes(section: Any) -> Iterator[LayerScope]:
     for group in ("weights", "activations"):
         settings = getattr(section, group, None)
         if settings is not None and hasattr(settings, "validate_scopes"):
-            yield from _scoped((group,), settings, validate, "activations" if group == "activations" else "layers")
+            yield from _scoped((group,), settings, validate)  # activations: the layers that read them
     for group, overrides in (getattr(section, "scope_overrides", None) or {}).items():
+        kind = "quantizers" if group == "activations" else "layers"
         for scope in overrides:
-            yield LayerScope(("scope_overrides", group, scope), scope, group.replace("weights", "layers"), validate)
+            yield LayerScope(("scope_overrides", group, scope), scope, kind, validate)
     activations = getattr(section, "activations", None)
     for i, ops in enumerate(getattr(activations, "unified_scale_ops", None) or []):
         for j, scope in enumerate(ops):
@@ -130,11 +132,11 @@ def layer_scopes(section: Any) -> Iterator[LayerScope]:
     initializer = getattr(section, "initializer", None)
     rules = getattr(initializer, "range", None)
     for i, rule in enumerate(rules if isinstance(rules, list) else []):
-        yield from _scoped(("initializer", "range", i), rule, validate, "activations")
+        yield from _scoped(("initializer", "range", i), rule, validate, "quantizers")
     precision = getattr(initializer, "precision", None)
     for i, (_, scope) in enumerate(getattr(precision, "bitwidth_per_scope", None) or []):
         name, group = split_precision_scope(scope)
         yield LayerScope(("initializer", "precision", "bitwidth_per_scope", i), name,
-                         "activations" if group == "activations" else "layers", validate)  # fmt: skip
+                         "quantizers" if group == "activations" else "layers", validate)  # fmt: skip
     for i, structure in enumerate(getattr(section, "sparse_structure_by_scopes", None) or []):
         yield from _scoped(("sparse_structure_by_scopes", i), structure, validate)

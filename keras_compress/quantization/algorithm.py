@@ -55,6 +55,7 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         self.first_layer_ids = set()
         self.precision = config.initializer.precision
         self.precision_rows = []  # [layer, parameters, sensitivity, bits] after mixed precision
+        self.manual_used = set()  # indices of the `bitwidth_per_scope` entries that set some quantizer's bits
         self.precision_budget = None
         if config.activations.per_channel:
             logger.warning(
@@ -98,11 +99,26 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         "activations": the quantizer on a layer's output), or None."""
         if self.precision is None or self.precision.type != "manual":
             return None
-        for bits, scope in self.precision.bitwidth_per_scope:
+        for index, (bits, scope) in enumerate(self.precision.bitwidth_per_scope):
             name, scope_group = split_precision_scope(scope)
             if scope_group == group and matches_scope(names, [name]):
+                self.manual_used.add(index)
                 return bits
         return None
+
+    def on_compress(self, model):
+        """Warns about `bitwidth_per_scope` entries that set the bits of no quantizer."""
+        if self.precision is None or self.precision.type != "manual":
+            return
+        unused = [f"[{bits}, {scope!r}]" for index, (bits, scope) in enumerate(self.precision.bitwidth_per_scope)
+                  if index not in self.manual_used]  # fmt: skip
+        if unused:
+            logger.warning(
+                "quantization.initializer.precision.bitwidth_per_scope: %d entr%s set the bits of no quantizer of "
+                "model %r: %s. An entry names a layer whose weights are quantized, or with `|OUTPUT` a layer "
+                "(or input) whose output has an activation quantizer: see `ctrl.statistics()` for the quantizers.",
+                len(unused), "y" if len(unused) == 1 else "ies", model.name, ", ".join(unused),
+            )
 
     def _weight_spec(self, layer, attr, path=""):
         cfg = self._settings("weights", self._names(layer, path))
