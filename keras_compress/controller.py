@@ -24,7 +24,13 @@ import keras
 from keras_compress.accuracy_aware import AccuracyAwareCallback
 from keras_compress.algorithm import CompressionAlgorithm
 from keras_compress.bn_adaptation import adapt_batchnorm, batchnorm_layers
-from keras_compress.calibration import check_calibration_data, iterate_batches, one_shot_replay
+from keras_compress.calibration import (
+    as_batches,
+    check_calibration_data,
+    check_sample_budget,
+    iterate_batches,
+    one_shot_replay,
+)
 from keras_compress.callbacks import CompressionScheduleCallback, CompressionStatisticsCallback
 from keras_compress.config import CompressionConfig, load_config
 from keras_compress.export.strip import strip_model
@@ -170,6 +176,7 @@ def compress(
     functional = as_functional(model, input_shape)
     # Bad input fails here, before anything is cloned or run.
     if dataset is not None:
+        dataset = as_batches(functional, dataset)
         check_calibration_data(functional, dataset)
     cfg = resolve_torch_scopes(functional, cfg)
     check_scopes(functional, cfg)
@@ -343,6 +350,11 @@ class CompressionController:
         """
         num_bn = self._bn_adaptation_samples()
         needed = [num_bn] + [a.calibration_samples(self.model) for a in self.algorithms]
+        keys = [f"{a.name}: {n}" for a, n in zip(self.algorithms, needed[1:]) if n > 0]
+        keys += [f"batchnorm_adaptation: {num_bn}"] if num_bn > 0 else []
+        notice = check_sample_budget(dataset, max(needed), ", ".join(keys))
+        if notice and verbose:
+            logger.info(notice)
         # Each initializer reads the data from the start: a generator is read once, up to what they use.
         dataset = one_shot_replay(dataset, max(needed))
         for algorithm in self.algorithms:

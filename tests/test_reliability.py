@@ -348,6 +348,12 @@ ERROR_CASES = [
     case("dataset_not_iterable", qat(), 5,
          patterns=[r"`dataset` must be a tf\.data\.Dataset, an \(x, y\) tuple of arrays, an array of inputs "
                    r"or an iterable of batches\. Received: dataset=int"]),
+    case("infinite_dataset_with_a_huge_sample_count", qat(init_samples=10**9),
+         tf.data.Dataset.from_tensor_slices(images()).batch(4).repeat(),
+         patterns=[r"Calibration data from an infinite tf\.data\.Dataset must be read for at most 100000 samples, "
+                   r"or initialization would not end\. Received: an infinite dataset \(`repeat\(\)` without a "
+                   r"count\) and a config that asks for 1000000000 samples \(quantization: 1000000000.*"
+                   r"`dataset\.take\(n\)`"]),
     # Models keras_compress cannot transform.
     case("not_a_model", qat(), model=a_dense_layer, error=TypeError,
          patterns=[r"`model` must be a keras\.Model\. Received: model=Dense"]),
@@ -590,6 +596,29 @@ def test_one_shot_generator_is_read_once_for_bn_adaptation_and_range_init():
     assert ranges and all(not np.allclose(v, 1.0) for k, v in ranges.items() if "activation_scale" in k)
     for key, value in quantizer_ranges(from_array).items():
         np.testing.assert_allclose(ranges[key], value, rtol=1e-6, err_msg=key)
+
+
+def test_a_list_of_x_y_batches_is_calibration_data():
+    x = images(16)
+    batches = [(x[i : i + 4], np.zeros(4)) for i in range(0, 16, 4)]
+    compressed, _ = kc.compress(small_cnn(), qat(init_samples=16), dataset=batches)
+    reference, _ = kc.compress(small_cnn(), qat(init_samples=16), dataset=x)
+    np.testing.assert_allclose(quantizer_ranges_of(compressed), quantizer_ranges_of(reference), rtol=1e-6)
+    arrays = [x[i : i + 4] for i in range(0, 16, 4)]  # a list of input batches of a one-input model
+    compressed, _ = kc.compress(small_cnn(), qat(init_samples=16), dataset=arrays)
+    np.testing.assert_allclose(quantizer_ranges_of(compressed), quantizer_ranges_of(reference), rtol=1e-6)
+
+
+def quantizer_ranges_of(model):
+    return [float(np.asarray(v).max()) for layer in model.layers if isinstance(layer, kc.FakeQuantize)
+            for v in layer.weights]  # fmt: skip
+
+
+def test_an_infinite_dataset_is_read_for_the_samples_asked_and_said_so(caplog):
+    data = tf.data.Dataset.from_tensor_slices(images()).batch(4).repeat()
+    with caplog.at_level(logging.INFO, logger="keras_compress"):
+        kc.compress(small_cnn(), qat(init_samples=24), dataset=data)
+    assert "Calibration data is an infinite tf.data.Dataset: initialization reads its first 24 samples" in caplog.text
 
 
 def test_unsupported_option_falls_back_with_a_warning(caplog):
