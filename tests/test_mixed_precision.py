@@ -90,26 +90,38 @@ def test_the_deliberately_sensitive_layer_gets_the_higher_bit_width(criterion):
     assert stats["figures"]["bits_budget"] == pytest.approx(6.0)
 
 
+#: Accuracy differences smaller than this many test images are noise (one image is 1/360 of the
+#: digits test set): accuracy comparisons allow this margin.
+MARGIN_IMAGES = 4
+
+
 @pytest.mark.slow
 def test_mixed_precision_on_digits_between_uniform_4_and_8_bits(tmp_path):
     model, (x_train, y_train), (x_test, y_test) = trained_digits_cnn()
+    margin = MARGIN_IMAGES / len(y_test)
+    fp32 = model.predict(x_test, verbose=0)
 
     def fine_tuned(config):
         keras.utils.set_random_seed(1)
         compressed, ctrl = kc.compress(model, config, dataset=(x_train, y_train))
+        # How far the outputs move from FP32 right after compression, over every test image: a
+        # continuous measure, not a count of images that flip.
+        distortion = float(np.mean(np.square(compressed.predict(x_test, verbose=0) - fp32)))
         compressed.compile(optimizer=keras.optimizers.Adam(1e-4), loss=LOSS, metrics=["accuracy"])
         compressed.fit(x_train, y_train, batch_size=64, epochs=3, verbose=0)
-        return compressed, ctrl, compressed.evaluate(x_test, y_test, verbose=0)[1]
+        return compressed, ctrl, distortion, compressed.evaluate(x_test, y_test, verbose=0)[1]
 
-    _, _, acc8 = fine_tuned(qconfig(8))
-    _, _, acc4 = fine_tuned(qconfig(4))
+    _, _, d8, acc8 = fine_tuned(qconfig(8))
+    _, _, d4, acc4 = fine_tuned(qconfig(4))
     precision = {"type": "hawq", "bits": [4, 8], "average_bits": 6, "iter_number": 50}
-    mixed, ctrl, acc_mixed = fine_tuned(qconfig(8, precision))
+    mixed, ctrl, d_mixed, acc_mixed = fine_tuned(qconfig(8, precision))
     figures = ctrl.statistics().figures()
     assert figures["quantization/weighted_weight_bits"] <= 6.0
     assert set(weight_bits(mixed).values()) == {4, 8}
-    assert acc_mixed >= acc4, (acc_mixed, acc4, acc8)
-    assert acc_mixed >= acc8 - 0.01, (acc_mixed, acc4, acc8)
+    # Between uniform 8 and 4 bits: in output distortion clearly, in accuracy within a few images.
+    assert d8 < d_mixed < d4, (d8, d_mixed, d4)
+    assert acc_mixed >= acc4 - margin, (acc_mixed, acc4, acc8)
+    assert acc_mixed >= acc8 - 0.01 - margin, (acc_mixed, acc4, acc8)
 
     # The IR holds 16-level FakeQuantize (or int4-range weights) and matches the Keras model.
     xml = kc.export(mixed, tmp_path / "mixed")
