@@ -924,10 +924,12 @@ DISTRIBUTED_SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def distributed_results():
+    root = str(Path(__file__).resolve().parents[1])  # the child imports this tree's keras_compress
     result = subprocess.run(
         [sys.executable, "-c", DISTRIBUTED_SCRIPT],
         capture_output=True, text=True, timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""},
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
+             "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("RESULTS "))
