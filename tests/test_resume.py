@@ -280,4 +280,5 @@ def test_no_warning_when_the_schedule_is_driven_or_there_is_none(names, callback
         compressed.compile(optimizer="sgd", loss=LOSS)
         compressed.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=ctrl.callbacks() if callbacks else None)
         compressed.evaluate(x, y, verbose=0)
+        compressed.predict(x, verbose=0)
     assert warnings_about_callbacks(caplog) == []
