@@ -134,7 +134,9 @@ def compress(
         config: a path to an NNCF-style JSON file, a dict, a JSON string or a
             `CompressionConfig`.
         dataset: calibration data: a `tf.data.Dataset`, an `(x, y)` tuple of arrays, an array
-            of inputs, or an iterable of batches. Needed for range init and BN adaptation.
+            of inputs, or an iterable of batches (a generator, a Python list of `(x, y)` batches).
+            Needed for range init and BN adaptation. An infinite `tf.data.Dataset` is read for the
+            samples the config asks for (at most `calibration.INFINITE_DATA_LIMIT`).
 
     Returns:
         `(compressed_model, controller)`: a `keras.Model` to compile and fit as usual, and the
