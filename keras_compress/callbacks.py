@@ -26,13 +26,20 @@ class CompressionScheduleCallback(keras.callbacks.Callback):
         self.controller.on_train_begin(self.params.get("steps") if self.params else None)
 
     def on_train_end(self, logs=None):
-        self.controller.on_train_end()
+        self.controller.on_train_end(self._optimizer_step())
 
     def on_epoch_begin(self, epoch, logs=None):
         self.controller.on_epoch_begin(epoch)
 
     def on_train_batch_begin(self, batch, logs=None):
-        self.controller.on_train_batch_begin()
+        # The optimizer's step is a lower bound (it runs ahead of this callback with
+        # `steps_per_execution`); a new optimizer restarts it at 0, and the controller's own step
+        # counter wins. convert_to_numpy, not int(): under tf.distribute it is a MirroredVariable.
+        self.controller.on_train_batch_begin(self._optimizer_step())
+
+    def _optimizer_step(self):
+        optimizer = getattr(self.model, "optimizer", None)
+        return int(keras.ops.convert_to_numpy(optimizer.iterations)) if optimizer is not None else None
 
 
 class CompressionStatisticsCallback(keras.callbacks.Callback):

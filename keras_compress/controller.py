@@ -292,12 +292,18 @@ class CompressionController:
                 algorithm.set_steps_per_epoch(steps_per_epoch)
             algorithm.on_train_begin(self.model)
 
-    def on_train_end(self) -> None:
-        """Called by the schedule callback when `fit` ends."""
+    def on_train_end(self, step: int | None = None) -> None:
+        """Called by the schedule callback when `fit` ends.
+
+        Args:
+            step: optional optimizer step count: the step counter becomes at least that (with
+                `steps_per_execution`, callbacks see one batch of several steps).
+        """
         for wrapper in self._wrappers:
             wrapper.driven = False
-        for name in PROGRESS_VARIABLES:  # every wrapper holds the whole progress
-            self._set_counter(name, self._counter(name), everywhere=True)
+        steps = max(self._counter("compression_step"), int(step or 0))
+        self._set_counter("compression_step", steps, everywhere=True)  # every wrapper holds the progress
+        self._set_counter("compression_epoch", self._counter("compression_epoch"), everywhere=True)
 
     def on_epoch_begin(self, epoch: int | None = None) -> None:
         """Advances per-epoch schedules to the next epoch.

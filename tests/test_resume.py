@@ -250,6 +250,18 @@ def test_per_step_schedule_follows_the_global_step_after_a_recompile():
     assert level(ctrl) == pytest.approx(PolynomialSchedule(0.1, 0.5, 2, power=1)(7 / 4))
 
 
+def test_per_step_schedule_with_steps_per_execution_counts_every_optimizer_step():
+    x, y = data()
+    compressed, ctrl = kc.compress(small_model(), magnitude_config(per_step=True, target_epoch=2))
+    compressed.compile(optimizer="sgd", loss=LOSS, steps_per_execution=2)  # one callback per 2 steps
+    levels = []
+    record = keras.callbacks.LambdaCallback(on_train_batch_begin=lambda batch, logs: levels.append(level(ctrl)))
+    compressed.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[*ctrl.callbacks(), record])
+    schedule = PolynomialSchedule(0.1, 0.5, 2, power=1)
+    assert levels == pytest.approx([schedule(step / 4) for step in (0, 2, 4, 6)])
+    assert ctrl.progress() == {"epochs": 2, "steps": 8}
+
+
 # ---------------------------------------------------------------------------------------------------
 # fit without the controller's callbacks
 
