@@ -83,16 +83,10 @@ class _Converter:
             if not line:
                 code = process.wait()
                 self.process = None
-                raise ConverterCrashed(
-                    f"OpenVINO's converter crashed ({_describe_exit(code)}) while converting "
-                    f"{source}. It ran in a separate process, so this process and its "
-                    "model are unaffected and nothing was written at the target. The model holds an "
-                    "operation or pattern OpenVINO cannot convert: try another OpenVINO version, or "
-                    "export with format='saved_model' and convert it elsewhere."
-                )
-        if not json.loads(line)["ok"]:
-            raise RuntimeError(f"OpenVINO could not convert {source}: {json.loads(line)['error']}")
-
+                raise ConverterCrashed(_crash_message(code, source))
+        reply = json.loads(line)
+        if not reply["ok"]:
+            raise RuntimeError(f"OpenVINO could not convert {source}: {reply['error']}")
 
     def close(self):
         """Ends the converter process (at interpreter exit)."""
@@ -105,13 +99,24 @@ class _Converter:
                 process.kill()
 
 
-def _describe_exit(code):
+def _crash_message(code, source):
+    """What a converter process that ended without answering means for the user."""
     if code is not None and code < 0:
         try:
-            return f"killed by signal {signal.Signals(-code).name}"
+            how = f"killed by signal {signal.Signals(-code).name}"
         except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit status {code}"
+            how = f"killed by signal {-code}"
+        return (
+            f"OpenVINO's converter crashed ({how}) while converting {source}. It ran in a separate "
+            "process, so this process and its model are unaffected and nothing was written at the "
+            "target. The model holds an operation or pattern OpenVINO cannot convert: try another "
+            "OpenVINO version, or export with format='saved_model' and convert it elsewhere."
+        )
+    return (
+        f"OpenVINO's converter process ended (exit status {code}) before converting {source}; its "
+        f"error output is on this process's stderr (it runs `{sys.executable} -c ...` and imports "
+        "openvino). Nothing was written at the target."
+    )
 
 
 _CONVERTER = _Converter()
