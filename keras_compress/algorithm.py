@@ -11,7 +11,10 @@ every stage of a model's compression:
   `initialize(model, batches, verbose)`;
 - schedule, from the controller's callbacks: `on_compress`, `set_steps_per_epoch`, `on_train_begin`,
   `on_epoch_begin`, `on_train_batch_begin` (and `set_level` for accuracy-aware training);
-- report: `statistics(model)`; export: `strip(model)`; state: `get_state()`, `set_state(state)`.
+- report: `statistics(model)`; export: `strip(model)`; state: `get_state()`, `set_state(state)`;
+- resume: `restore(model, epoch)` instead of `on_compress` when `kc.compress` binds a controller to
+  an already-compressed model (a loaded `.keras` file); `layer_types` tells which layers of a model
+  are this algorithm's.
 
 Initialization runs in this order for all algorithms together: `initialize_weights` (data-free or
 weight-side: weight ranges, mixed precision), BatchNorm adaptation (with every algorithm's
@@ -40,6 +43,9 @@ class CompressionAlgorithm:
     #: Whether the algorithm needs the model's graph (filter pruning: channel dependencies), so
     #: cannot compress a subclassed model.
     needs_graph = False
+    #: The layer classes this algorithm puts into a model: a model holding one of them is
+    #: already compressed by this algorithm.
+    layer_types = ()
 
     def __init__(self, config, target_device="ANY"):
         self.config = config
@@ -83,6 +89,14 @@ class CompressionAlgorithm:
     # ----------------------------------------------------------------- schedule
     def on_compress(self, model):
         """Right after the compressed model is built (before initialization)."""
+
+    def restore(self, model, epoch):
+        """Takes up an already-compressed `model` (called instead of `on_compress`).
+
+        Masks, ranges and levels are variables of the model; this reads what the schedule needs
+        from them, so that it continues where it stopped. `epoch` is the epoch of the last
+        schedule update (0 when the model was never trained under a controller).
+        """
 
     def set_steps_per_epoch(self, steps):
         """`fit`'s steps per epoch, for per-step schedules."""

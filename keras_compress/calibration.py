@@ -2,7 +2,9 @@
 
 Calibration data is what `kc.compress(..., dataset=...)` receives: a `tf.data.Dataset`, an `(x, y)`
 tuple of arrays, an array (or list/dict of arrays) of inputs, a `keras.utils.PyDataset`, or any
-iterable of batches. Range init, BatchNorm adaptation and mixed precision read it through here.
+iterable of batches, such as a Python list of `(x, y)` batches (`as_batches` tells a list of batches
+from a list of one array per model input). Range init, BatchNorm adaptation and mixed precision read it
+through here.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from keras_compress.graph import iter_layers
 
 __all__ = [
     "EAGER_ACTIVATION_BUDGET",
+    "INFINITE_DATA_LIMIT",
     "activation_bytes_per_sample",
+    "as_batches",
+    "check_sample_budget",
     "check_calibration_batch",
     "check_calibration_data",
     "iterate_batches",
@@ -79,6 +84,37 @@ def iterate_batches(dataset, batch_size=32):
         ) from None
     for element in iterator:
         yield to_numpy(_first(element))
+
+
+def _is_array(a):
+    return isinstance(a, (np.ndarray, tf.Tensor))
+
+
+def as_batches(model, dataset):
+    """`dataset`, or for a Python list (or tuple) of batches an iterable of them that can be read many times.
+
+    A list is read as batches when its items are `(x, y[, w])` tuples or dicts, or when the model has
+    one input and the list holds several arrays; a list of one array per model input stays the
+    inputs, and a 2- or 3-tuple of arrays stays `(x, y[, w])`.
+
+    Example:
+        >>> batches = [(np.zeros((4, 3)), np.zeros(4)) for _ in range(2)]
+        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        >>> [x.shape for x in iterate_batches(as_batches(model, batches))]
+        [(4, 3), (4, 3)]
+    """
+    if not isinstance(dataset, (list, tuple)) or not dataset:
+        return dataset
+    if isinstance(dataset, tuple) and len(dataset) in (2, 3) and all(_is_array(a) for a in keras.tree.flatten(dataset)):
+        return dataset  # (x, y[, w]) of arrays
+    items = list(dataset)
+    if all(isinstance(item, (tuple, dict)) for item in items):
+        return _Replay(items)
+    specs = _input_specs(model)
+    single_input = specs is None or len(specs) == 1  # a subclassed model is taken to have one input
+    if single_input and len(items) > 1 and all(_is_array(item) for item in items):
+        return _Replay(items)
+    return dataset
 
 
 def _input_specs(model):
@@ -233,7 +269,8 @@ def peek_batch(dataset):
 
 
 class _Replay:
-    """Elements read once from a one-shot iterator, iterable any number of times."""
+    """Elements kept in a list (read from a one-shot iterator, or given as a list), iterable any number
+    of times."""
 
     def __init__(self, elements):
         self.elements = elements
@@ -263,6 +300,42 @@ def one_shot_replay(dataset, num_samples):
         elements.append(element)
         seen += _num_samples(keras.tree.map_structure(np.asarray, _first(element)))
     return _Replay(elements)
+
+
+#: Most samples initialization reads from an infinite `tf.data.Dataset` (`dataset.repeat()`): asking for
+#: more is refused, since reading would not end in reasonable time (100,000 ResNet50 samples take
+#: hours on a CPU).
+INFINITE_DATA_LIMIT = 100_000
+
+
+def check_sample_budget(dataset, num_samples, keys):
+    """Refuses an infinite `tf.data.Dataset` from which initialization would read more than
+    `INFINITE_DATA_LIMIT` samples; says how much it reads from one within the limit.
+
+    Args:
+        dataset: the calibration data.
+        num_samples: the most samples an initializer reads.
+        keys: the config keys that ask for them, for the message.
+
+    Returns:
+        A notice to log for an infinite dataset, else None.
+
+    Raises:
+        ValueError: above the limit.
+    """
+    if not isinstance(dataset, tf.data.Dataset) or int(dataset.cardinality()) != int(tf.data.INFINITE_CARDINALITY):
+        return None
+    if num_samples > INFINITE_DATA_LIMIT:
+        raise ValueError(
+            f"Calibration data from an infinite tf.data.Dataset must be read for at most {INFINITE_DATA_LIMIT} "
+            f"samples, or initialization would not end. Received: an infinite dataset (`repeat()` without a "
+            f"count) and a config that asks for {num_samples} samples ({keys}: `initializer.range."
+            "num_init_samples`, `initializer.batchnorm_adaptation.num_bn_adaptation_samples`, "
+            "`initializer.precision.num_data_points`). Pass finite data (`dataset.take(n)`) or ask for fewer "
+            "samples."
+        )
+    return (f"Calibration data is an infinite tf.data.Dataset: initialization reads its first {num_samples} "
+            f"samples ({keys}).")
 
 
 #: Most bytes of layer outputs one eager calibration call may hold. A Functional model called

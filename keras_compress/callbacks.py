@@ -11,8 +11,8 @@ class CompressionScheduleCallback(keras.callbacks.Callback):
     """Drives the compression schedules from `model.fit`.
 
     Per-epoch schedules advance in `on_epoch_begin`; per-step schedules in
-    `on_train_batch_begin` with the optimizer's global step (`optimizer.iterations`), so a
-    resumed fit continues the schedule where it stopped.
+    `on_train_batch_begin`, with the controller's own epoch and step counters (saved in the
+    model), so a resumed, repeated or recompiled fit continues the schedule where it stopped.
 
     Args:
         controller: the `CompressionController`.
@@ -25,13 +25,21 @@ class CompressionScheduleCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.controller.on_train_begin(self.params.get("steps") if self.params else None)
 
+    def on_train_end(self, logs=None):
+        self.controller.on_train_end(self._optimizer_step())
+
     def on_epoch_begin(self, epoch, logs=None):
         self.controller.on_epoch_begin(epoch)
 
     def on_train_batch_begin(self, batch, logs=None):
-        # convert_to_numpy, not int(): under tf.distribute the step is a MirroredVariable.
-        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        self.controller.on_train_batch_begin(step)
+        # The optimizer's step is a lower bound (it runs ahead of this callback with
+        # `steps_per_execution`); a new optimizer restarts it at 0, and the controller's own step
+        # counter wins. convert_to_numpy, not int(): under tf.distribute it is a MirroredVariable.
+        self.controller.on_train_batch_begin(self._optimizer_step())
+
+    def _optimizer_step(self):
+        optimizer = getattr(self.model, "optimizer", None)
+        return int(keras.ops.convert_to_numpy(optimizer.iterations)) if optimizer is not None else None
 
 
 class CompressionStatisticsCallback(keras.callbacks.Callback):

@@ -8,6 +8,9 @@ The path of a config through `kc.compress`:
    algorithms innermost, quantization outermost) and its `plan` inserts layers on graph edges;
 4. the controller runs the initializers on the calibration data (see `CompressionAlgorithm`);
 5. `ctrl.callbacks()` then drive the schedules inside `model.fit`.
+
+A model that is already compressed (a loaded `.keras` file) is not compressed again: `kc.compress`
+binds a controller to it, and the schedules continue from the progress saved in the model.
 """
 
 from __future__ import annotations
@@ -21,21 +24,28 @@ import keras
 from keras_compress.accuracy_aware import AccuracyAwareCallback
 from keras_compress.algorithm import CompressionAlgorithm
 from keras_compress.bn_adaptation import adapt_batchnorm, batchnorm_layers
-from keras_compress.calibration import check_calibration_data, iterate_batches, one_shot_replay, peek_batch
+from keras_compress.calibration import (
+    as_batches,
+    check_calibration_data,
+    check_sample_budget,
+    iterate_batches,
+    one_shot_replay,
+    peek_batch,
+)
 from keras_compress.callbacks import CompressionScheduleCallback, CompressionStatisticsCallback
 from keras_compress.config import CompressionConfig, load_config
 from keras_compress.export.strip import strip_model
-from keras_compress.graph import as_functional, is_graph_model, iter_layers
+from keras_compress.graph import as_functional, is_graph_model, iter_layers, layers_by_path
 from keras_compress.pruning import FilterPruningAlgorithm
 from keras_compress.quantization import FakeQuantize, QuantizationAlgorithm
-from keras_compress.selection import check_scopes
+from keras_compress.selection import check_scopes, resolve_torch_scopes, unmatched_quantizer_scopes
 from keras_compress.sparsity import MagnitudeSparsityAlgorithm, MovementSparsityAlgorithm, RBSparsityAlgorithm
 from keras_compress.statistics import CompressionStatistics
 from keras_compress.subclassed import transform_subclassed
 from keras_compress.transform import transform_model
-from keras_compress.wrapper import WeightsWrapper
+from keras_compress.wrapper import PROGRESS_VARIABLES, WeightsWrapper
 
-__all__ = ["ALGORITHMS", "CompressionController", "build_algorithms", "compress"]
+__all__ = ["ALGORITHMS", "CompressionController", "build_algorithms", "compress", "compressed_with"]
 
 logger = logging.getLogger("keras_compress")
 
@@ -70,6 +80,46 @@ def build_algorithms(config: CompressionConfig) -> list[CompressionAlgorithm]:
     return sorted(algorithms, key=lambda a: a.name == "quantization")
 
 
+def compressed_with(model: keras.Model) -> list[str]:
+    """The algorithms whose layers `model` holds (empty for a model that is not compressed).
+
+    Example:
+        ```python
+        compressed_with(keras.saving.load_model("sparse_int8.keras"))
+        # ['magnitude_sparsity', 'quantization']
+        ```
+    """
+    layers = list(iter_layers(model))
+    return [name for name, cls in ALGORITHMS.items() if any(isinstance(layer, cls.layer_types) for layer in layers)]
+
+
+def _bind(model, cfg, dataset):
+    """The controller of an already-compressed `model`, for the config it was compressed with."""
+    present = compressed_with(model)
+    asked = cfg.algorithm_names()
+    if sorted(present) != sorted(asked):
+        raise ValueError(
+            "`kc.compress` continues an already-compressed model only with the config it was "
+            "compressed with (the same algorithms). Received: model "
+            f"{model.name!r} compressed with {', '.join(present)} and a config asking for "
+            f"{', '.join(asked) or 'no algorithm'}. To add or remove an algorithm, compress the "
+            "original, uncompressed model with the whole config."
+        )
+    cfg = resolve_torch_scopes(model, cfg)
+    check_scopes(model, cfg)
+    if dataset is not None:
+        logger.info(
+            "kc.compress: model %r is already compressed; its ranges and masks are kept and "
+            "`dataset` is not used.", model.name,
+        )
+    controller = CompressionController(model, cfg, build_algorithms(cfg), resume=True)
+    logger.info(
+        "kc.compress: model %r is already compressed with %s; continuing from epoch %d, step %d.",
+        model.name, ", ".join(present), controller.progress()["epochs"], controller.progress()["steps"],
+    )
+    return controller
+
+
 def compress(
     model: keras.Model,
     config: str | os.PathLike | dict | CompressionConfig,
@@ -88,7 +138,9 @@ def compress(
         config: the name of a packaged config (`"int8"`, see `kc.list_configs()`), a path to an
             NNCF-style JSON file, a dict, a JSON string or a `CompressionConfig`.
         dataset: calibration data: a `tf.data.Dataset`, an `(x, y)` tuple of arrays, an array
-            of inputs, or an iterable of batches. Needed for range init and BN adaptation.
+            of inputs, or an iterable of batches (a generator, a Python list of `(x, y)` batches).
+            Needed for range init and BN adaptation. An infinite `tf.data.Dataset` is read for the
+            samples the config asks for (at most `calibration.INFINITE_DATA_LIMIT`).
         verbose: as Keras' `verbose`: 0 prints nothing, 1 (or "auto") shows a progress bar for
             each pass over the calibration data (BatchNorm adaptation, range init), 2 one line
             per pass. A bar ends at the samples actually read when the data is shorter.
@@ -99,8 +151,9 @@ def compress(
         callbacks, statistics and `strip()`.
 
     Raises:
-        ConfigError: for a bad config, and for an exact layer name in `ignored_scopes` or
-            `target_scopes` that is not a layer of the model.
+        ConfigError: for a bad config, and for an exact layer name in any key that names layers
+            (`ignored_scopes`, `target_scopes`, `scope_overrides`, `bitwidth_per_scope`,
+            `unified_scale_ops`, ...) that is not a layer of the model.
         ValueError: for calibration data that is empty, does not fit the model's inputs (the
             message names the input and both shapes), is not numeric or holds NaN/Inf; for a
             Sequential model without an input shape; for a subclassed model that cannot be copied
@@ -111,15 +164,26 @@ def compress(
     warning; Lambda and unsupported layers are left as they are and listed in
     `ctrl.statistics().skipped()`.
 
+    A model that is already compressed (for example one loaded from a `.keras` file) is not
+    cloned or initialized again: it is returned itself, with a controller bound to it whose
+    schedules continue from the epoch and step saved in the model. The config must name the
+    algorithms the model was compressed with (`ValueError` otherwise: compress the original model
+    with the whole config to add or remove one).
+
     Example:
         ```python
         compressed, ctrl = kc.compress(model, "int8", dataset=(x_train, y_train), verbose=0)
         compressed.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
         compressed.fit(x_train, y_train, callbacks=ctrl.callbacks())
+        compressed.save("model.keras")
+        # later, in another process: the same model and a controller that continues its schedules
+        loaded, ctrl = kc.compress(keras.saving.load_model("model.keras"), "configs/int8.json")
         ```
     """
     verbose = _check_verbose(verbose)
     cfg = load_config(config)
+    if isinstance(model, keras.Model) and compressed_with(model):
+        return model, _bind(model, cfg, dataset)
     subclassed = isinstance(model, keras.Model) and not is_graph_model(model)
     if subclassed:
         original = model  # compressed by replacing sublayers of a copy
@@ -128,7 +192,9 @@ def compress(
         original = as_functional(model, input_shape)
     # Bad input fails here, before anything is cloned or run.
     if dataset is not None:
+        dataset = as_batches(original, dataset)
         check_calibration_data(original, dataset)
+    cfg = resolve_torch_scopes(original, cfg)
     check_scopes(original, cfg)
     algorithms = build_algorithms(cfg)
 
@@ -152,6 +218,9 @@ def compress(
         compressed, pairs = transform_subclassed(model, wrap_fn, wrap_inputs_fn, algorithms, sample)
     else:
         compressed, pairs = transform_model(original, wrap_fn, planners=algorithms)
+    quantizer_paths = [p for p, layer in layers_by_path(compressed).items() if isinstance(layer, FakeQuantize)]
+    for path, message in unmatched_quantizer_scopes(compressed, cfg, quantizer_paths):
+        logger.warning("%s: %s", path, message)
     controller = CompressionController(compressed, cfg, algorithms, pairs, original_model=original)
     if algorithms and not any(isinstance(layer, WeightsWrapper) for layer in iter_layers(compressed)):
         skipped = controller.statistics().skipped()
@@ -206,6 +275,13 @@ class CompressionController:
         algorithms: the algorithm objects (`CompressionAlgorithm`).
         pairs: `(original_layer, new_layer, path)` for every cloned layer.
         original_model: the uncompressed (Functional) model.
+        resume: True for a model that was compressed before (loaded): the algorithms take up its
+            state (`restore`) instead of starting their schedules (`on_compress`).
+
+    The training progress (epochs and optimizer steps begun under this controller) lives in
+    variables of the model's wrappers, so it is saved with the model: schedules follow it, not
+    `fit`'s epoch or the optimizer's step count, and continue across `fit` calls, a new
+    `compile()` with a new optimizer, `model.save` / `load_model` and weight checkpoints.
     """
 
     def __init__(
@@ -215,6 +291,7 @@ class CompressionController:
         algorithms: list[CompressionAlgorithm],
         pairs=(),
         original_model: keras.Model | None = None,
+        resume: bool = False,
     ):
         self.model = model
         self.config = config
@@ -222,23 +299,87 @@ class CompressionController:
         self.pairs = list(pairs)
         self.original_model = original_model
         self.accuracy_aware_history = []
-        for algorithm in self.algorithms:
-            algorithm.on_compress(self.model)
+        self._wrappers = [layer for layer in iter_layers(model) if isinstance(layer, WeightsWrapper)]
+        self._counters = dict.fromkeys(PROGRESS_VARIABLES, 0)
+        if resume:
+            for name in PROGRESS_VARIABLES:
+                saved = [_read_counter(wrapper, name) for wrapper in self._wrappers]
+                self._set_counter(name, max(saved, default=0), everywhere=True)
+            last_epoch = max(self._counter("compression_epoch") - 1, 0)
+            for algorithm in self.algorithms:
+                algorithm.restore(self.model, last_epoch)
+        else:
+            for algorithm in self.algorithms:
+                algorithm.on_compress(self.model)
 
+    # ----------------------------------------------------------------- progress
+    def _counter(self, name):
+        if self._wrappers:
+            return _read_counter(self._wrappers[0], name)
+        return self._counters[name]
+
+    def _set_counter(self, name, value, everywhere=False):
+        self._counters[name] = int(value)
+        for wrapper in self._wrappers if everywhere else self._wrappers[:1]:
+            getattr(wrapper, name).assign(float(value))
+
+    def progress(self) -> dict:
+        """`{"epochs": n, "steps": n}`: the epochs and optimizer steps begun under this controller
+        (saved in the model, so a loaded model's controller continues from them)."""
+        return {"epochs": self._counter("compression_epoch"), "steps": self._counter("compression_step")}
+
+    # ----------------------------------------------------------------- schedule
     def on_train_begin(self, steps_per_epoch: int | None = None) -> None:
-        """Called by the schedule callback when `fit` starts (with `fit`'s steps per epoch)."""
+        """Called by the schedule callback when `fit` starts (with `fit`'s steps per epoch).
+
+        A custom training loop calls it once before training.
+        """
+        for wrapper in self._wrappers:
+            wrapper.driven = True
         for algorithm in self.algorithms:
             if steps_per_epoch:
                 algorithm.set_steps_per_epoch(steps_per_epoch)
             algorithm.on_train_begin(self.model)
 
-    def on_epoch_begin(self, epoch: int) -> None:
-        """Advances per-epoch schedules to `epoch` (0-based)."""
+    def on_train_end(self, step: int | None = None) -> None:
+        """Called by the schedule callback when `fit` ends.
+
+        Args:
+            step: optional optimizer step count: the step counter becomes at least that (with
+                `steps_per_execution`, callbacks see one batch of several steps).
+        """
+        for wrapper in self._wrappers:
+            wrapper.driven = False
+        steps = max(self._counter("compression_step"), int(step or 0))
+        self._set_counter("compression_step", steps, everywhere=True)  # every wrapper holds the progress
+        self._set_counter("compression_epoch", self._counter("compression_epoch"), everywhere=True)
+
+    def on_epoch_begin(self, epoch: int | None = None) -> None:
+        """Advances per-epoch schedules to the next epoch.
+
+        Args:
+            epoch: `fit`'s 0-based epoch. The schedule takes the larger of it and the epochs
+                already begun under this controller, so a second `fit` (or a loaded model's)
+                continues the schedule instead of restarting it.
+        """
+        begun = self._counter("compression_epoch")
+        epoch = begun if epoch is None else max(int(epoch), begun)
+        self._set_counter("compression_epoch", epoch + 1, everywhere=True)
+        self._set_counter("compression_step", self._counter("compression_step"), everywhere=True)
         for algorithm in self.algorithms:
             algorithm.on_epoch_begin(self.model, epoch)
 
-    def on_train_batch_begin(self, step: int) -> None:
-        """Advances per-step schedules to the global optimizer step `step`."""
+    def on_train_batch_begin(self, step: int | None = None) -> None:
+        """Advances per-step schedules to the next global step.
+
+        Args:
+            step: optional global step (a custom loop may pass `optimizer.iterations`); the
+                schedule takes the larger of it and the steps already begun under this controller,
+                so a new optimizer (a new `compile()`) does not restart the schedule.
+        """
+        begun = self._counter("compression_step")
+        step = begun if step is None else max(int(step), begun)
+        self._set_counter("compression_step", step + 1)
         for algorithm in self.algorithms:
             algorithm.on_train_batch_begin(self.model, step)
 
@@ -267,6 +408,11 @@ class CompressionController:
         """
         num_bn = self._bn_adaptation_samples()
         needed = [num_bn] + [a.calibration_samples(self.model) for a in self.algorithms]
+        keys = [f"{a.name}: {n}" for a, n in zip(self.algorithms, needed[1:]) if n > 0]
+        keys += [f"batchnorm_adaptation: {num_bn}"] if num_bn > 0 else []
+        notice = check_sample_budget(dataset, max(needed), ", ".join(keys))
+        if notice and verbose:
+            logger.info(notice)
         # Each initializer reads the data from the start: a generator is read once, up to what they use.
         dataset = one_shot_replay(dataset, max(needed))
         for algorithm in self.algorithms:
@@ -340,3 +486,8 @@ class CompressionController:
                 "by `kc.compress` (or a copy of it), not the original model."
             )
         return strip_model(model, self.algorithms)
+
+
+def _read_counter(wrapper, name):
+    # convert_to_numpy, not int(): under tf.distribute the variable is a MirroredVariable.
+    return int(round(float(keras.ops.convert_to_numpy(getattr(wrapper, name)))))

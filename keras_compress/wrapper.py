@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+import weakref
+
 import keras
+import numpy as np
+import tensorflow as tf
 
 from keras_compress.compressible import call_with_weights, compressible_spec
 
-__all__ = ["WeightsWrapper", "unwrap"]
+__all__ = ["PROGRESS_VARIABLES", "WeightsWrapper", "exported_entries", "unwrap"]
+
+logger = logging.getLogger("keras_compress")
+
+#: The training-progress counters every wrapper holds (see `WeightsWrapper`).
+PROGRESS_VARIABLES = ("compression_epoch", "compression_step")
+# Training functions (tf.function graphs) already warned about a missing schedule driver.
+_WARNED_GRAPHS = weakref.WeakSet()
 
 
 def unwrap(layer):
@@ -16,6 +28,30 @@ def unwrap(layer):
     return layer
 
 
+def exported_entries(layers, wrapper):
+    """`{weight name: bool array}`: the entries of `wrapper`'s weights that survive export.
+
+    Export removes some weight entries altogether (filter pruning drops pruned filters and the
+    input channels that read them), whichever wrapper of the stack around the layer asks for it;
+    figures about the exported model (sparsity) count only the entries that survive. A weight
+    with no entry in the result survives whole.
+
+    Args:
+        layers: the layers of the model (`iter_layers(model)`: every wrapper, outer ones first).
+        wrapper: a `WeightsWrapper` of the model.
+    """
+    outermost = wrapper
+    for layer in layers:
+        if isinstance(layer, WeightsWrapper) and wrapper in layer._chain()[0]:
+            outermost = layer
+            break
+    kept = {}
+    for member in outermost._chain()[0]:
+        for name, mask in (member.surviving_entries() or {}).items():
+            kept[name] = kept[name] & mask if name in kept else mask
+    return kept
+
+
 class WeightsWrapper(keras.layers.Wrapper):
     """Wraps a compressible layer and runs it with transformed weights.
 
@@ -23,6 +59,15 @@ class WeightsWrapper(keras.layers.Wrapper):
     `transform_weights(weights, training)`. Wrappers nest (for example quantization
     around pruning): the outermost wrapper applies every transform from the innermost
     outwards, then calls the wrapped layer's computation once with the result.
+
+    Every wrapper also holds the model's compression progress, two non-trainable counters
+    (`compression_epoch`: epochs begun, `compression_step`: optimizer steps begun under the
+    controller). They are saved with the weights, so schedules continue where they stopped
+    after `model.save` / `load_model`, a weights checkpoint, or a new `compile()`.
+
+    A wrapper whose class has `scheduled = True` (pruning, sparsity) needs the controller's
+    callbacks to move its compression level: when `fit` traces it for training while no
+    controller drives it (`driven`), one warning per training function says so.
 
     Args:
         layer: a layer of a class listed in `keras_compress.compressible.COMPRESSIBLE_LAYERS`,
@@ -40,10 +85,16 @@ class WeightsWrapper(keras.layers.Wrapper):
                 f"Embedding, ...). Received: layer={unwrap(layer).__class__.__name__}"
             )
 
+    #: Whether the compression level of this kind of wrapper follows a schedule.
+    scheduled = False
+
     def build(self, input_shape=None):
         self.input_shape_at_build = input_shape
         if not self.layer.built:
             self.layer.build(input_shape)
+        for name in PROGRESS_VARIABLES:
+            setattr(self, name, self.add_weight(name=name, shape=(), initializer="zeros",
+                                                trainable=False, dtype="float32"))  # fmt: skip
         self.build_wrapper(input_shape)
         self.built = True
 
@@ -101,8 +152,34 @@ class WeightsWrapper(keras.layers.Wrapper):
         """A loss term this wrapper adds in training (RB, movement sparsity), or None."""
         return None
 
+    def surviving_entries(self):
+        """`{weight name: bool array}` of the wrapped layer's weight entries this wrapper keeps at
+        export, or None when it removes none (see `exported_entries`)."""
+        return None
+
+    #: True while a `CompressionController` drives this wrapper's schedule (set by the controller).
+    driven = False
+
+    def _warn_if_not_driven(self):
+        """Warns once per training function when a scheduled wrapper is trained with no controller."""
+        undriven = any(w.scheduled and not w.driven for w in self._chain()[0])
+        if not undriven or tf.executing_eagerly():
+            return
+        graph = tf.compat.v1.get_default_graph()
+        if graph in _WARNED_GRAPHS:
+            return
+        _WARNED_GRAPHS.add(graph)
+        logger.warning(
+            "A compressed model is being trained without the controller's callbacks (layer %r): "
+            "its pruning/sparsity schedule does not advance and the compression level stays where it "
+            "is. Pass `callbacks=ctrl.callbacks()` to `fit` (for a loaded model, get its controller "
+            "with `kc.compress(model, config)`).",
+            self.name,
+        )
+
     def call(self, inputs, training=None):
         if training:
+            self._warn_if_not_driven()
             # Only the outermost wrapper's call runs: it adds the losses of the whole stack.
             for wrapper in self._chain()[0]:
                 loss = wrapper.training_loss()

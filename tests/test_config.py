@@ -404,8 +404,9 @@ def test_precision_accuracy_aware_and_movement_defaults():
     precision = q.initializer.precision
     assert (precision.bits, precision.num_data_points, precision.iter_number) == ([4, 8], 100, 200)
     assert (precision.tolerance, precision.compression_ratio) == (1e-4, 1.5)
-    autoq = load_quietly(quantization(initializer={"precision": {"type": "autoq"}})).compression[0]
-    assert (autoq.initializer.precision.iter_number, autoq.initializer.precision.compression_ratio) == (0, 0.15)
+    with pytest.raises(ConfigError, match=r"compression\.initializer\.precision\.type: .autoq' .* is not "
+                                          r"supported; use 'hawq' .* or 'manual'"):
+        load_quietly(quantization(initializer={"precision": {"type": "autoq"}}))
 
     aa = load_quietly({"accuracy_aware_training": {"mode": "early_exit"}}).accuracy_aware_training.params
     assert (aa.maximal_relative_accuracy_degradation, aa.maximal_absolute_accuracy_degradation) == (1.0, None)

@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+# The children import this tree's keras_compress, whatever is installed.
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+       "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}  # fmt: skip
+#: Accuracy margins are at least this many images of the 360-image digits test set: a smaller
+#: difference is one or two images that flip from run to run.
+MARGIN = 4 / 360
 
 
 @pytest.mark.slow
@@ -32,7 +37,7 @@ def test_demo_int8_ir_within_one_point_of_fp32(tmp_path):
 
 
 @pytest.mark.slow
-def test_digits_qat_example_within_half_a_point(tmp_path):
+def test_digits_qat_example_within_a_few_test_images(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "digits_qat.py"), "--output", str(tmp_path)],
         capture_output=True, text=True, timeout=600, env=ENV,
@@ -42,5 +47,5 @@ def test_digits_qat_example_within_half_a_point(tmp_path):
     qat = float(re.search(r"QAT Keras accuracy:\s+([\d.]+)", result.stdout).group(1))
     int8 = float(re.search(r"INT8 OpenVINO accuracy:\s+([\d.]+)", result.stdout).group(1))
     assert fp32 > 0.95
-    assert qat >= fp32 - 0.005, result.stdout
+    assert qat >= fp32 - MARGIN, result.stdout
     assert int8 >= fp32 - 0.01, result.stdout

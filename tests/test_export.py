@@ -5,9 +5,12 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import json  # noqa: E402
+import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import textwrap  # noqa: E402
 from importlib import resources  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -15,7 +18,16 @@ import pytest  # noqa: E402
 
 import keras_compress as kc  # noqa: E402
 from keras_compress.benchmark import compile_ir, runtime_precisions  # noqa: E402
-from keras_compress.export import exporter  # noqa: E402
+from keras_compress.export import atomic, exporter  # noqa: E402
+from keras_compress.export import openvino as ov_export  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child_env():
+    """The environment of a child process that imports this tree's keras_compress."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 QAT = {
     "compression": {
@@ -195,7 +207,7 @@ def run_cli(*args):
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        env=child_env(),
     )
 
 
@@ -235,3 +247,142 @@ def test_cli_errors_on_bad_input(tmp_path):
     assert result.returncode != 0 and "no IR file" in result.stderr
     result = run_cli("validate", str(tmp_path / "missing.json"))
     assert result.returncode != 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Targets: never destroy what the export did not create; wrong kinds refused before any work
+
+
+def never_traced(monkeypatch):
+    """Makes tracing fail loudly: the checks must refuse the target before any work."""
+
+    def trace(model, directory):
+        raise AssertionError("the export started work on a target it should have refused")
+
+    monkeypatch.setattr(exporter, "_save_saved_model", trace)
+
+
+def tree(directory):
+    """{relative path: bytes or None for a folder} of everything under `directory`."""
+    return {
+        str(p.relative_to(directory)): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(directory.rglob("*"))
+    }
+
+
+def test_saved_model_export_onto_a_regular_file_is_refused_and_the_file_kept(compressed, tmp_path, monkeypatch):
+    target = tmp_path / "model"
+    target.write_bytes(b"user data")
+    never_traced(monkeypatch)
+    with pytest.raises(NotADirectoryError, match=r"must be a folder path\. Received: .*existing file"):
+        kc.export(compressed[0], target, format="saved_model")
+    assert tree(tmp_path) == {"model": b"user data"}
+
+
+def test_saved_model_export_into_a_folder_of_user_files_is_refused_and_the_files_kept(compressed, tmp_path,
+                                                                                      monkeypatch):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    (target / "saved_model.pb").write_bytes(b"old")
+    before = tree(tmp_path)
+    never_traced(monkeypatch)
+    with pytest.raises(FileExistsError, match=r"must be new, empty, or a previous SavedModel.*holds notes\.txt"):
+        kc.export(compressed[0], target, format="saved_model")
+    assert tree(tmp_path) == before
+
+
+def test_saved_model_export_fills_an_empty_folder_and_replaces_a_previous_saved_model(compressed, data, tmp_path):
+    import tensorflow as tf
+
+    target = tmp_path / "sm"
+    target.mkdir()
+    kc.export(compressed[0], target, format="saved_model")
+    first = tree(target)
+    assert "saved_model.pb" in first
+    plain = small_cnn()
+    small_cnn_outputs = plain.predict(data, verbose=0)
+    kc.export(plain, target, format="saved_model")  # a previous SavedModel: replaced
+    assert tree(target) != first
+    loaded = tf.saved_model.load(str(target))
+    np.testing.assert_allclose(loaded.serve(tf.constant(data)).numpy(), small_cnn_outputs, atol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sm"]  # no staging folder left
+
+
+@pytest.mark.parametrize("suffix", [".xml", ".bin"])
+def test_ir_export_onto_a_directory_is_refused_before_any_work(compressed, tmp_path, monkeypatch, suffix):
+    (tmp_path / f"model{suffix}").mkdir()
+    (tmp_path / f"model{suffix}" / "inside.txt").write_text("mine")
+    before = tree(tmp_path)
+    never_traced(monkeypatch)
+    with pytest.raises(IsADirectoryError, match=rf"must be a file path .*model\{suffix}', which is an existing "
+                                                r"directory"):
+        kc.export(compressed[0], tmp_path / "model")
+    assert tree(tmp_path) == before
+
+
+def test_ir_pair_is_replaced_as_a_pair(compressed, tmp_path, monkeypatch):
+    xml = kc.export(compressed[0], tmp_path / "model")
+    before = tree(tmp_path)
+    real_replace = os.replace
+
+    def replace(source, target):
+        if Path(source).name == "model.xml" and Path(target) == xml:  # the new .xml, once
+            raise OSError("simulated failure while moving the new .xml into place")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with pytest.raises(OSError, match="simulated"):
+        kc.export(small_cnn(), xml)
+    assert tree(tmp_path) == before  # the old .xml with the old .bin, and nothing else
+
+
+def test_stale_staging_of_a_killed_export_is_removed_by_the_next_export(tmp_path):
+    # A child process dies (SIGKILL) in the middle of its export, after the SavedModel was written.
+    script = textwrap.dedent(
+        """
+        import os, signal, sys
+        import keras, keras_compress as kc
+        from keras_compress.export import exporter
+
+        real = exporter._save_saved_model
+        def save_then_die(model, directory):
+            real(model, directory)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        exporter._save_saved_model = save_then_die
+        inputs = keras.Input((4,))
+        kc.export(keras.Model(inputs, keras.layers.Dense(2)(inputs)), sys.argv[1])
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "model")], capture_output=True,
+                            text=True, timeout=300, env=child_env())  # fmt: skip
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    stale = [p for p in tmp_path.iterdir() if p.name.startswith(".kc-export-")]
+    assert len(stale) == 1 and (stale[0] / "saved_model" / "saved_model.pb").is_file()
+    alive = tmp_path / f".kc-export-{os.getpid()}-running"  # an export of a live process: kept
+    alive.mkdir()
+
+    kc.export(small_cnn(), tmp_path / "model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, "model.bin", "model.xml"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# OpenVINO's converter runs in its own process: a crash there cannot take the user's process down
+
+
+def test_a_converter_crash_is_a_runtime_error_and_this_process_survives(compressed, data, tmp_path, monkeypatch):
+    xml = kc.export(small_cnn(), tmp_path / "model")  # a previous IR at the target
+    before = tree(tmp_path)
+    # The converter process dies with SIGSEGV on its job, as OpenVINO's did on NASNetMobile.
+    ov_export._CONVERTER.close()
+    crash = "import os, signal, sys\nsys.stdin.readline()\nos.kill(os.getpid(), signal.SIGSEGV)\n"
+    monkeypatch.setattr(ov_export, "CONVERTER_CODE", crash)
+    with pytest.raises(RuntimeError, match=r"converter crashed \(killed by signal SIGSEGV\) while converting "
+                                           r"model 'functional.*this process and its model are unaffected"):
+        kc.export(compressed[0], xml)
+    assert tree(tmp_path) == before
+    assert compressed[0].predict(data, verbose=0).shape == (len(data), 10)  # this process works on
+    monkeypatch.undo()  # the real converter again: a new converter process is started
+    kc.export(compressed[0], xml)
+    assert tree(tmp_path) != before and xml.with_suffix(".bin").is_file()

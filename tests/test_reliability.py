@@ -249,6 +249,80 @@ ERROR_CASES = [
                    r"did you mean 'conv'\?", r"validate_scopes: false"]),
     case("misspelt_group_scope_name", qat(weights={"target_scopes": ["fc1"]}), error=kc.ConfigError,
          patterns=[r"compression\.weights\.target_scopes: 'fc1' is not the name of a layer .*did you mean 'fc'\?"]),
+    # Every other key that names layers: checked like ignored_scopes (regex at load, names at compress).
+    case("invalid_regex_in_scope_overrides", qat(scope_overrides={"weights": {"{re}conv[": {"bits": 4}}}),
+         error=kc.ConfigError, patterns=[r'^compression\.scope_overrides\.weights\["\{re\}conv\["\]: '
+                                         r"'\{re\}conv\[' is not a valid regular expression"]),
+    case("misspelt_scope_overrides_key", qat(scope_overrides={"weights": {"convv": {"bits": 4}}}),
+         error=kc.ConfigError, patterns=[r"^compression\.scope_overrides\.weights\.convv: 'convv' is not the name "
+                                         r"of a layer of model 'small'; did you mean 'conv'\?"]),
+    case("misspelt_activation_scope_overrides_key", qat(scope_overrides={"activations": {"flatt": {"bits": 4}}}),
+         error=kc.ConfigError, patterns=[r"^compression\.scope_overrides\.activations\.flatt: 'flatt' is not the "
+                                         r"name of a layer .*did you mean 'flat'\?"]),
+    case("invalid_regex_in_bitwidth_per_scope", qat(initializer={"precision": {"bitwidth_per_scope": [[4, "{re}c("]]}}),
+         error=kc.ConfigError, patterns=[r"^compression\.initializer\.precision\.bitwidth_per_scope\[0\]: "
+                                         r"'\{re\}c\(' is not a valid regular expression"]),
+    case("misspelt_bitwidth_per_scope", qat(initializer={"precision": {"bitwidth_per_scope": [[4, "conv"],
+                                                                                            [2, "fcc"]]}}),
+         error=kc.ConfigError, patterns=[r"^compression\.initializer\.precision\.bitwidth_per_scope\[1\]: 'fcc' is "
+                                         r"not the name of a layer of model 'small'; did you mean 'fc'\?"]),
+    case("misspelt_bitwidth_per_scope_output", qat(initializer={"precision": {"bitwidth_per_scope": [
+        [4, "flatt|OUTPUT"]]}}), error=kc.ConfigError,
+         patterns=[r"^compression\.initializer\.precision\.bitwidth_per_scope\[0\]: 'flatt' is not the name of a "
+                   r"layer .*did you mean 'flat'\?"]),
+    case("unknown_bitwidth_per_scope_suffix", qat(initializer={"precision": {"bitwidth_per_scope": [
+        [4, "conv|INPUT0"]]}}), error=kc.ConfigError,
+         patterns=[r"^compression\.initializer\.precision\.bitwidth_per_scope\[0\]: 'conv\|INPUT0' ends in "
+                   r"'\|INPUT0'; a bitwidth_per_scope scope may end in \|WEIGHT or \|OUTPUT"]),
+    case("nncf_pytorch_scope_naming_no_layer", qat(initializer={"precision": {"bitwidth_per_scope": [
+        [8, "ResNet/NNCFConv2d[conv1]/conv2d_0|WEIGHT"]]}}), error=kc.ConfigError,
+         patterns=[r"^compression\.initializer\.precision\.bitwidth_per_scope\[0\]: "
+                   r"'ResNet/NNCFConv2d\[conv1\]/conv2d_0\|WEIGHT' is an NNCF PyTorch scope; model 'small' has no "
+                   r"layer it names \(looked for 'conv1'\)\. Keras scopes are layer names"]),
+    case("nncf_pytorch_manual_precision_config", BAD / "nncf_torch_manual_precision.json", error=kc.ConfigError,
+         patterns=[r"^compression\.initializer\.precision\.bitwidth_per_scope\[2\]: 'ResNet/Sequential\[layer1\]/"
+                   r"Bottleneck\[0\]/NNCFConv2d\[conv1\]/conv2d_0\|WEIGHT' is an NNCF PyTorch scope; model 'small' "
+                   r"has no layer it names \(looked for 'layer1\.0\.conv1', 'layer1_0_conv1', 'layer1/0/conv1'\)",
+                   r"^compression\.initializer\.precision\.bitwidth_per_scope: \.\.\. and 5 more NNCF PyTorch "
+                   r"scopes that name no layer of model 'small'$"]),
+    case("invalid_regex_in_unified_scale_ops", qat(activations={"unified_scale_ops": [["{re}a(", "conv"]]}),
+         error=kc.ConfigError, patterns=[r"^compression\.activations\.unified_scale_ops\[0\]: '\{re\}a\(' is not "
+                                         r"a valid regular expression"]),
+    case("misspelt_unified_scale_ops", qat(activations={"unified_scale_ops": [["conv", "fcc"]]}),
+         error=kc.ConfigError, patterns=[r"^compression\.activations\.unified_scale_ops\[0\]\[1\]: 'fcc' is not "
+                                         r"the name of a layer .*did you mean 'fc'\?"]),
+    case("invalid_regex_in_range_rule_scopes", qat(initializer={"range": [{"target_scopes": ["{re}("]}]}),
+         error=kc.ConfigError, patterns=[r"^compression\.initializer\.range\[0\]\.target_scopes: '\{re\}\(' is "
+                                         r"not a valid regular expression"]),
+    case("misspelt_range_rule_scope", qat(initializer={"range": [{"num_init_samples": 8, "ignored_scopes": ["flatt"]}]}),
+         error=kc.ConfigError, patterns=[r"^compression\.initializer\.range\[0\]\.ignored_scopes: 'flatt' is not the "
+                                         r"name of a layer .*did you mean 'flat'\?"]),
+    case("misspelt_sparse_structure_scope", {"compression": {
+        "algorithm": "movement_sparsity", "params": {"warmup_start_epoch": 1, "warmup_end_epoch": 3,
+                                                     "importance_regularization_factor": 0.1},
+        "sparse_structure_by_scopes": [{"mode": "block", "sparse_factors": [2, 2], "target_scopes": ["fcc"]}]}},
+         error=kc.ConfigError, patterns=[r"^compression\.sparse_structure_by_scopes\[0\]\.target_scopes: 'fcc' is "
+                                         r"not the name of a layer .*did you mean 'fc'\?"]),
+    # Schedules that contradict themselves, and what keras_compress does not do.
+    case("sparsity_target_epoch_zero", magnitude(sparsity_target_epoch=0), error=kc.ConfigError,
+         patterns=[r"^compression\.params\.sparsity_target_epoch: must be >= 1 for the polynomial schedule, "
+                   r"which reaches `sparsity_target` at that epoch \(received 0\)"]),
+    case("freeze_before_target", magnitude(sparsity_target_epoch=10, sparsity_freeze_epoch=5), error=kc.ConfigError,
+         patterns=[r"^compression\.params\.sparsity_freeze_epoch: must be > `sparsity_target_epoch` \(10\): the "
+                   r"masks stop changing at the freeze epoch, so `sparsity_target` would never be reached "
+                   r"\(received 5\)"]),
+    case("freeze_before_last_multistep", magnitude(schedule="multistep", multistep_steps=[2, 6],
+                                                   multistep_sparsity_levels=[0.1, 0.3, 0.5], sparsity_freeze_epoch=4),
+         error=kc.ConfigError,
+         patterns=[r"^compression\.params\.sparsity_freeze_epoch: must be > the last of `multistep_steps` \(6\)"]),
+    case("adaptive_level_that_never_adapts",
+         {**magnitude(), "accuracy_aware_training": {"mode": "adaptive_compression_level", "params": {
+             "initial_training_phase_epochs": 10, "maximal_total_epochs": 8}}}, error=kc.ConfigError,
+         patterns=[r"^accuracy_aware_training\.params\.initial_training_phase_epochs: must be < "
+                   r"`maximal_total_epochs` \(8\): training would end before the compression level is ever adapted"]),
+    case("autoq_precision", qat(initializer={"precision": {"type": "autoq"}}), error=kc.ConfigError,
+         patterns=[r"^compression\.initializer\.precision\.type: 'autoq' \(NNCF's reinforcement-learning bit-width "
+                   r"search\) is not supported; use 'hawq' .* or 'manual'"]),
     case("python_code_as_config_string", f"__import__('os').system('touch {PWNED}')", error=kc.ConfigError,
          patterns=[r"^\$: config file not found: '__import__\('os'\)"]),
     case("python_code_as_algorithm", BAD / "code_as_algorithm.json", error=kc.ConfigError,
@@ -289,6 +363,12 @@ ERROR_CASES = [
     case("dataset_not_iterable", qat(), 5,
          patterns=[r"`dataset` must be a tf\.data\.Dataset, an \(x, y\) tuple of arrays, an array of inputs "
                    r"or an iterable of batches\. Received: dataset=int"]),
+    case("infinite_dataset_with_a_huge_sample_count", qat(init_samples=10**9),
+         tf.data.Dataset.from_tensor_slices(images()).batch(4).repeat(),
+         patterns=[r"Calibration data from an infinite tf\.data\.Dataset must be read for at most 100000 samples, "
+                   r"or initialization would not end\. Received: an infinite dataset \(`repeat\(\)` without a "
+                   r"count\) and a config that asks for 1000000000 samples \(quantization: 1000000000.*"
+                   r"`dataset\.take\(n\)`"]),
     # Models keras_compress cannot transform.
     case("not_a_model", qat(), model=a_dense_layer, error=TypeError,
          patterns=[r"`model` must be a keras\.Model\. Received: model=Dense"]),
@@ -535,6 +615,29 @@ def test_one_shot_generator_is_read_once_for_bn_adaptation_and_range_init():
         np.testing.assert_allclose(ranges[key], value, rtol=1e-6, err_msg=key)
 
 
+def test_a_list_of_x_y_batches_is_calibration_data():
+    x = images(16)
+    batches = [(x[i : i + 4], np.zeros(4)) for i in range(0, 16, 4)]
+    compressed, _ = kc.compress(small_cnn(), qat(init_samples=16), dataset=batches)
+    reference, _ = kc.compress(small_cnn(), qat(init_samples=16), dataset=x)
+    np.testing.assert_allclose(quantizer_ranges_of(compressed), quantizer_ranges_of(reference), rtol=1e-6)
+    arrays = [x[i : i + 4] for i in range(0, 16, 4)]  # a list of input batches of a one-input model
+    compressed, _ = kc.compress(small_cnn(), qat(init_samples=16), dataset=arrays)
+    np.testing.assert_allclose(quantizer_ranges_of(compressed), quantizer_ranges_of(reference), rtol=1e-6)
+
+
+def quantizer_ranges_of(model):
+    return [float(np.asarray(v).max()) for layer in model.layers if isinstance(layer, kc.FakeQuantize)
+            for v in layer.weights]  # fmt: skip
+
+
+def test_an_infinite_dataset_is_read_for_the_samples_asked_and_said_so(caplog):
+    data = tf.data.Dataset.from_tensor_slices(images()).batch(4).repeat()
+    with caplog.at_level(logging.INFO, logger="keras_compress"):
+        kc.compress(small_cnn(), qat(init_samples=24), dataset=data)
+    assert "Calibration data is an infinite tf.data.Dataset: initialization reads its first 24 samples" in caplog.text
+
+
 def test_unsupported_option_falls_back_with_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="keras_compress"):
         compressed, ctrl = kc.compress(small_cnn(), qat(activations={"per_channel": True}), dataset=images())
@@ -548,6 +651,77 @@ def test_pytorch_only_and_unknown_top_level_keys_are_kept_with_a_warning():
     messages = " | ".join(str(w.message) for w in record)
     assert "compression_lr_multiplier: PyTorch-only in NNCF" in messages
     assert "'batch_size'" in messages and config.extra == {"batch_size": 32}
+
+
+MOVEMENT_PARAMS = {"warmup_start_epoch": 1, "warmup_end_epoch": 3, "importance_regularization_factor": 0.1}
+#: Keys a config may hold that keras_compress accepts and does not act on: each one is a ConfigWarning.
+NOTICE_CASES = [
+    pytest.param({"compression": {"algorithm": "movement_sparsity",
+                                  "params": {**MOVEMENT_PARAMS, "enable_structured_masking": True}}},
+                 r"^compression\.params\.enable_structured_masking: PyTorch-only in NNCF, it has no effect",
+                 id="enable_structured_masking"),
+    pytest.param({"compression": {"algorithm": "filter_pruning", "params": {"prune_batch_norms": False}}},
+                 r"^compression\.params\.prune_batch_norms: false has no effect: keras_compress always removes the "
+                 r"BatchNormalization channels of pruned filters", id="prune_batch_norms_false"),
+    pytest.param(qat(initializer={"precision": {"type": "manual", "bitwidth_assignment_mode": "strict"}}),
+                 r"^compression\.initializer\.precision\.bitwidth_assignment_mode: PyTorch-only in NNCF, it has no "
+                 r"effect", id="bitwidth_assignment_mode"),
+    pytest.param(qat(initializer={"precision": {"type": "hawq", "bitwidth_per_scope": [[4, "conv"]]}}),
+                 r"bitwidth_per_scope: used only by `type: manual`; it has no effect with type 'hawq'",
+                 id="bitwidth_per_scope_with_hawq"),
+    pytest.param({**qat(), "bootstrapNAS": {"training": {"batchnorm_adaptation": {}}}},
+                 r"^bootstrapNAS: NAS is not supported", id="bootstrapNAS"),
+    pytest.param({**qat(), "input_info": {"sample_size": [1, 3, 224, 224]}},
+                 r"^input_info\.sample_size: \[1, 3, 224, 224\] looks like PyTorch's channels-first layout \(NCHW\); "
+                 r"keras_compress reads it channels-last .*For channels-last write \[1, 224, 224, 3\]",
+                 id="nchw_sample_size"),
+    pytest.param({**qat(), "input_info": {"sample_size": [1, 8, 8, 3], "filler": "random"}},
+                 r"^input_info\.filler: NNCF's setting for generated inputs; keras_compress reads only `sample_size`",
+                 id="input_info_filler"),
+    pytest.param(BAD / "nncf_torch_manual_precision.json",
+                 r"^compression\.initializer\.precision\.bitwidth_per_scope: 17 scope\(s\) are NNCF PyTorch names",
+                 id="nncf_pytorch_scopes"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("config,pattern", NOTICE_CASES)
+def test_accepted_but_unused_keys_are_notices(config, pattern):
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        kc.load_config(config)
+    messages = [str(w.message) for w in record if issubclass(w.category, kc.ConfigWarning)]
+    assert any(re.search(pattern, m) for m in messages), messages
+
+
+def test_nchw_sample_size_of_an_unbuilt_sequential_is_read_channels_last_after_the_notice():
+    model = keras.Sequential([L.Conv2D(4, 3, name="conv"), L.Flatten(), L.Dense(2, name="fc")])
+    with pytest.warns(kc.ConfigWarning, match="looks like PyTorch's channels-first layout"):
+        compressed, _ = kc.compress(model, {**qat(), "input_info": {"sample_size": [1, 3, 16, 16]}})
+    assert tuple(compressed.inputs[0].shape) == (None, 3, 16, 16)  # as the notice says
+
+
+def test_activation_scopes_may_name_inputs_layers_and_quantizers(caplog):
+    config = qat(scope_overrides={"activations": {"img": {"bits": 6}, "conv_quantizer": {"bits": 5},
+                                                  "flat": {"bits": 3}}},
+                 initializer={"range": [{"num_init_samples": 8, "target_scopes": ["img", "conv"]}],
+                              "precision": {"bitwidth_per_scope": [[4, "conv"], [7, "img|OUTPUT"]]}},
+                 activations={"unified_scale_ops": [["conv", "{re}f.*"]]})  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="keras_compress"):
+        compressed, _ = kc.compress(small_cnn(), config, dataset=images())
+    bits = {layer.name: layer.spec.bits for layer in compressed.layers if isinstance(layer, kc.FakeQuantize)}
+    assert bits == {"img_quantizer": 7, "conv_quantizer": 5}  # bitwidth_per_scope first, then scope_overrides
+    assert compressed.get_layer("conv").quantizers["kernel"].spec.bits == 4
+    # `flat` is a layer, but its output is not quantized (fc's input quantizer sits after conv): a notice.
+    assert ("compression.scope_overrides.activations.flat: 'flat' names no activation quantizer of model 'small' "
+            "(its quantizers: conv_quantizer, img_quantizer); it has no effect") in caplog.text
+
+
+def test_config_log_dir_is_where_the_callbacks_write_tensorboard_scalars(tmp_path):
+    log_dir = tmp_path / "tb"
+    compressed, ctrl = kc.compress(small_cnn(), {**magnitude(sparsity_target=0.5), "log_dir": str(log_dir)})
+    compressed.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    compressed.fit(images(), np.arange(16) % 2, epochs=1, verbose=0, callbacks=ctrl.callbacks())
+    assert any(p.name.startswith("events.out.tfevents") for p in log_dir.rglob("*"))
 
 
 def test_no_calibration_data_warns_and_keeps_default_ranges(caplog):
@@ -767,10 +941,12 @@ DISTRIBUTED_SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def distributed_results():
+    root = str(Path(__file__).resolve().parents[1])  # the child imports this tree's keras_compress
     result = subprocess.run(
         [sys.executable, "-c", DISTRIBUTED_SCRIPT],
         capture_output=True, text=True, timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""},
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
+             "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("RESULTS "))

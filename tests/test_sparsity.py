@@ -298,3 +298,30 @@ def test_unsupported_layer_is_listed_and_left_alone():
     assert "custom" in skipped and "not supported" in skipped["custom"]
     assert isinstance(compressed.get_layer("head"), MagnitudeSparsityWrapper)
     assert type(compressed.get_layer("custom")).__name__ == "Custom"
+
+
+@pytest.mark.parametrize("mode", ["global", "local"])
+def test_statistics_with_filter_pruning_count_only_the_weights_that_survive_export(mode):
+    """Pruned filters are removed at export: their zeros are not sparsity of the exported model."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv1")(inputs)
+    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(16, activation="relu", name="hidden")(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="fc")(x))
+    no_bn = {"batchnorm_adaptation": {"num_bn_adaptation_samples": 0}}
+    config = {"compression": [
+        {"algorithm": "filter_pruning", "pruning_init": 0.5, "params": {"pruning_target": 0.5}, "initializer": no_bn},
+        {"algorithm": "magnitude_sparsity", "sparsity_init": 0.4,
+         "params": {"sparsity_target": 0.5, "sparsity_level_setting_mode": mode}, "initializer": no_bn},
+    ]}  # fmt: skip
+    compressed, ctrl = kc.compress(model, config)
+    figures = ctrl.statistics().figures()
+    assert figures["filter_pruning/pruned_filters"] == 16
+    stripped = ctrl.strip()  # what kc.export writes: pruned filters removed, masks folded in
+    kernels = [layer.kernel.numpy() for layer in stripped.layers if hasattr(layer, "kernel")]
+    assert [k.shape[-1] for k in kernels] == [8, 16, 16, 3]
+    exported = sparsity_level(kernels)  # sparsity sparsifies kernels
+    assert figures["magnitude_sparsity/sparsity_level"] == pytest.approx(exported, abs=1e-9)
+    assert exported == pytest.approx(0.4, abs=0.01)  # the level asked, on what is exported

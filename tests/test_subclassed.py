@@ -74,7 +74,8 @@ def test_compress_leaves_the_subclassed_model_unchanged_and_wraps_every_conv_and
 def test_subclassed_cnn_trains_saves_loads_in_a_new_process_and_exports_int8(tmp_path):
     model = _digits_net()
     x, y = _images(64), np.arange(64) % 10
-    compressed, ctrl = kc.compress(model, quantization_config(bn_samples=32), dataset=(x, y))
+    config = quantization_config(bn_samples=32)
+    compressed, ctrl = kc.compress(model, config, dataset=(x, y))
     compressed.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     scales = [v for v in compressed.trainable_weights if v.name == "activation_scale"]
     before = [float(v.numpy()) for v in scales]
@@ -84,6 +85,7 @@ def test_subclassed_cnn_trains_saves_loads_in_a_new_process_and_exports_int8(tmp
     compressed.save(path)
     np.save(tmp_path / "x.npy", x[:8])
     np.save(tmp_path / "expected.npy", compressed.predict(x[:8], verbose=0))
+    (tmp_path / "config.json").write_text(json.dumps(config))
     out = _run_in_new_process(
         f"""
         import json, numpy as np, keras
@@ -93,6 +95,8 @@ def test_subclassed_cnn_trains_saves_loads_in_a_new_process_and_exports_int8(tmp
         model = keras.saving.load_model({str(path)!r}, safe_mode=True)
         x = np.load("x.npy")
         same = float(np.abs(model.predict(x, verbose=0) - np.load("expected.npy")).max())
+        bound, ctrl = kc.compress(model, "config.json")  # the controller of the loaded model
+        assert bound is model and ctrl.progress()["epochs"] == 1, ctrl.progress()
         xml = kc.export(model, "ir/model")
         compiled = compile_ir(xml)
         ir = compiled(x)[0]

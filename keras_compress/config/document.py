@@ -54,7 +54,13 @@ PYTORCH_ONLY_KEYS = {
         "params",
         "weights.logarithm_scale",
         "activations.logarithm_scale",
+        "initializer.precision.bitwidth_assignment_mode",
+        "initializer.precision.traces_per_layer_path",
+        "initializer.precision.dump_init_precision_data",
+        "initializer.precision.eval_subset_ratio",
+        "initializer.precision.warmup_iter_number",
     ),
+    "movement_sparsity": ("params.enable_structured_masking",),
     "filter_pruning": (
         "params.interlayer_ranking_type",
         "params.legr_params",
@@ -120,6 +126,15 @@ class AccuracyAwareConfig(Section):
     compression level that stays within the bound (pruning or sparsity only)."""
     params: AccuracyAwareParams = Field(default_factory=AccuracyAwareParams)
     """The bound and the loop settings."""
+
+    @model_validator(mode="after")
+    def _phases_fit(self) -> AccuracyAwareConfig:
+        p = self.params
+        if self.mode == "adaptive_compression_level" and p.initial_training_phase_epochs >= p.maximal_total_epochs:
+            fail([(("params", "initial_training_phase_epochs"),
+                   f"must be < `maximal_total_epochs` ({p.maximal_total_epochs}): training would end before "
+                   f"the compression level is ever adapted (received {p.initial_training_phase_epochs})")])
+        return self
 
 
 class InputInfo(Section):

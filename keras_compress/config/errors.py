@@ -16,7 +16,17 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 
-__all__ = ["ConfigError", "ConfigWarning", "ErrorSchema", "fail", "json_type", "show", "suggest", "translate_errors"]
+__all__ = [
+    "ConfigError",
+    "ConfigWarning",
+    "ErrorSchema",
+    "fail",
+    "json_path",
+    "json_type",
+    "show",
+    "suggest",
+    "translate_errors",
+]
 
 
 class ConfigError(ValueError):
@@ -148,6 +158,19 @@ def _json_path(loc: tuple, single: set[str]) -> str:
         else:
             path += f"[{json.dumps(str(part))}]"
     return path or "$"
+
+
+def json_path(loc: tuple) -> str:
+    """The JSON path of a location in a config document, e.g. `compression[1].params.pruning_target`.
+
+    Example:
+
+    ```python
+    json_path(("compression", 0, "scope_overrides", "weights", "{re}conv.*"))
+    # 'compression[0].scope_overrides.weights["{re}conv.*"]'
+    ```
+    """
+    return _json_path(tuple(loc), set())
 
 
 def _message(err: dict, loc: tuple, schema: ErrorSchema) -> str:

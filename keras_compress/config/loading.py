@@ -22,6 +22,7 @@ from keras_compress.config.document import (
 from keras_compress.config.errors import ConfigError, ConfigWarning, ErrorSchema, json_type, translate_errors
 from keras_compress.config.packaged import list_configs, packaged_config
 from keras_compress.config.quantization import UNION_TAGS
+from keras_compress.config.scopes import is_torch_scope, split_precision_scope
 
 __all__ = ["load_config", "json_schema"]
 
@@ -136,16 +137,24 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _notices(config: CompressionConfig, sections: list, single: set[str]) -> list[str]:
-    """Returns the warnings for a loaded config: unused top-level keys, PyTorch-only keys and algorithms."""
+    """Returns the warnings for a loaded config: every key it accepts that has no effect (unused top-level
+    keys, PyTorch-only keys and algorithms, values keras_compress does not act on), and inputs that look
+    like PyTorch's."""
     notices = []
-    if config.extra:
+    extra = dict(config.extra)
+    if "bootstrapNAS" in extra:
+        del extra["bootstrapNAS"]
+        notices.append("bootstrapNAS: NAS is not supported: keras_compress does no neural architecture search "
+                       "(NNCF's BootstrapNAS is PyTorch-only); the section is kept in `extra` and has no effect")
+    if extra:
         known = [name for name in CompressionConfig.model_fields if name not in ("extra", "ignored_algorithms")]
         names = []
-        for key in config.extra:
+        for key in extra:
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
             names.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
         notices.append(f"keys not used by keras_compress (training-script settings, kept in `extra`): "
                        f"{', '.join(names)}")
+    notices += _input_notices(config, single)
     located = [("", {k: getattr(config, k) for k in PYTORCH_ONLY_KEYS[""]}, "")]
     for index, section in enumerate(sections):
         where = "compression" if "compression" in single else f"compression[{index}]"
@@ -154,16 +163,58 @@ def _notices(config: CompressionConfig, sections: list, single: set[str]) -> lis
                            "effect in keras_compress (kept in `ignored_algorithms`)")
         else:
             located.append((where, section, section["algorithm"]))
+    models = iter(config.compression)  # the validated sections, in the order of `located`'s
     for where, section, algorithm in located:
         for dotted in PYTORCH_ONLY_KEYS.get(algorithm, ()) + (PYTORCH_ONLY_KEYS["*"] if algorithm else ()):
             *parents, key = dotted.split(".")
             node = section
             for parent in parents:
                 node = node.get(parent) or {}
-            if node.get(key) is not None:
+            if isinstance(node, dict) and node.get(key) is not None:
                 path = ".".join(filter(None, [where, dotted]))
                 notices.append(f"{path}: PyTorch-only in NNCF, it has no effect in keras_compress")
+        if algorithm:
+            notices += _section_notices(where, next(models))
     notices += _batchnorm_notices(config, sections, single)
+    return notices
+
+
+def _input_notices(config: CompressionConfig, single: set[str]) -> list[str]:
+    """`input_info` entries that look like PyTorch's (NCHW), and keys keras_compress does not read."""
+    notices = []
+    for index, info in enumerate(config.input_info):
+        where = "input_info" if "input_info" in single else f"input_info[{index}]"
+        size = info.sample_size
+        if len(size) in (3, 4, 5) and size[1] <= 4 < size[-1]:
+            shape = (*size[2:], size[1])
+            notices.append(f"{where}.sample_size: {size} looks like PyTorch's channels-first layout (NCHW); "
+                           f"keras_compress reads it channels-last (batch, ..., channels): an input of shape "
+                           f"{tuple(size[1:])}. For channels-last write {[size[0], *shape]}")
+        for key in ("type", "filler", "keyword"):
+            if key in info.model_fields_set:
+                notices.append(f"{where}.{key}: NNCF's setting for generated inputs; keras_compress reads only "
+                               "`sample_size`, it has no effect")
+    return notices
+
+
+def _section_notices(where: str, section: Any) -> list[str]:
+    """Values of one section that keras_compress accepts but does not act on as NNCF would."""
+    notices = []
+    params = getattr(section, "params", None)
+    if section.algorithm == "filter_pruning" and params.prune_batch_norms is False:
+        notices.append(f"{where}.params.prune_batch_norms: false has no effect: keras_compress always removes the "
+                       "BatchNormalization channels of pruned filters together with the filters")
+    precision = getattr(getattr(section, "initializer", None), "precision", None)
+    if precision is not None and precision.type != "manual" and precision.bitwidth_per_scope:
+        notices.append(f"{where}.initializer.precision.bitwidth_per_scope: used only by `type: manual`; "
+                       f"it has no effect with type '{precision.type}'")
+    torch = [scope for _, scope in getattr(precision, "bitwidth_per_scope", None) or []
+             if is_torch_scope(split_precision_scope(scope)[0])]  # fmt: skip
+    if torch:
+        notices.append(f"{where}.initializer.precision.bitwidth_per_scope: {len(torch)} scope(s) are NNCF PyTorch "
+                       f"names (e.g. {torch[0]!r}); kc.compress looks each one up among the Keras model's layers by "
+                       "its module path (`layer1.0.conv1`, also as `layer1_0_conv1`) and refuses the ones it "
+                       "cannot find. Keras scopes are layer names: [bits, 'conv1'] or [bits, 'relu1|OUTPUT']")
     return notices
 
 

@@ -15,8 +15,11 @@ from keras_compress.config.fields import (
     GenericInitializer,
     NonNegativeInt,
     ScopedSection,
+    Scopes,
     Section,
+    check_regex,
 )
+from keras_compress.config.scopes import split_precision_scope
 
 __all__ = [
     "RANGE_TYPES",
@@ -96,7 +99,8 @@ class PrecisionInitConfig(Section):
 
     type: Literal["hawq", "autoq", "manual"] = "manual"
     """`hawq`: bits by Hessian sensitivity under a budget; `manual`: bits from `bitwidth_per_scope`;
-    `autoq` (NNCF's reinforcement-learning search) is not supported."""
+    `autoq` (NNCF's reinforcement-learning search) is not supported: a config asking for it is
+    refused."""
     bits: list[Bits] = Field(default_factory=lambda: [4, 8], min_length=1)
     """Candidate weight bit widths (NNCF's default was [2, 4, 8]; 2-bit weights rarely pay)."""
     criterion: Literal["hessian", "loss_perturbation"] = "hessian"
@@ -116,7 +120,9 @@ class PrecisionInitConfig(Section):
     warmup_iter_number: NonNegativeInt = 20
     """NNCF `autoq` setting; no effect."""
     bitwidth_per_scope: list[Annotated[tuple[Bits, str], BeforeValidator(_bitwidth_scope_pair)]] = []
-    """`[bits, scope]` pairs for `manual` precision: the first pair whose scope matches a layer sets its bits."""
+    """`[bits, scope]` pairs for `manual` precision: the first pair whose scope matches sets the bits.
+    `scope` names a layer (its weights) and may end in `|WEIGHT` (the same) or `|OUTPUT` (the
+    activation quantizer on its output); NNCF PyTorch scope names are looked up by module path."""
     traces_per_layer_path: str | None = None
     """NNCF PyTorch setting (a file of precomputed traces); no effect."""
     dump_init_precision_data: bool = False
@@ -128,6 +134,17 @@ class PrecisionInitConfig(Section):
 
     @model_validator(mode="after")
     def _resolve_defaults(self) -> PrecisionInitConfig:
+        problems = []
+        if self.type == "autoq":
+            problems.append((("type",), "'autoq' (NNCF's reinforcement-learning bit-width search) is not supported; "
+                                        "use 'hawq' (bits by sensitivity under a budget) or 'manual' "
+                                        "(bits from `bitwidth_per_scope`)"))
+        for index, (_, scope) in enumerate(self.bitwidth_per_scope):
+            try:
+                check_regex(split_precision_scope(scope)[0])
+            except ValueError as err:
+                problems.append((("bitwidth_per_scope", index), str(err)))
+        fail(problems)
         if self.iter_number is None:
             self.iter_number = 0 if self.type == "autoq" else 200
         if self.compression_ratio is None:
@@ -174,7 +191,7 @@ class QuantizerGroupConfig(QuantizerSettings, ScopedSection):
 class ActivationsQuantizerConfig(QuantizerGroupConfig):
     """Settings of the activation quantizers."""
 
-    unified_scale_ops: list[list[str]] | None = None
+    unified_scale_ops: list[Scopes] | None = None
     """Groups of layers whose input quantizers share one scale."""
 
 
@@ -249,6 +266,14 @@ class QuantizationConfig(AlgorithmSection):
 
     @model_validator(mode="after")
     def _resolve_modes(self) -> QuantizationConfig:
+        problems = []
+        for group, overrides in self.scope_overrides.items():
+            for scope in overrides:
+                try:
+                    check_regex(scope)
+                except ValueError as err:
+                    problems.append((("scope_overrides", group, scope), str(err)))
+        fail(problems)
         if self.weights.mode is None:
             self.weights.mode = "symmetric"
         if self.activations.mode is None:

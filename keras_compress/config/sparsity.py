@@ -62,6 +62,25 @@ class SparsityParams(Section):
         return self
 
 
+def _schedule_problems(p: SparsityParams) -> list:
+    """Schedule settings that contradict each other (`p.schedule` resolved)."""
+    freeze = p.sparsity_freeze_epoch
+    if p.schedule in ("polynomial", "exponential"):
+        if p.sparsity_target_epoch < 1:
+            return [(("params", "sparsity_target_epoch"),
+                     f"must be >= 1 for the {p.schedule} schedule, which reaches `sparsity_target` at that "
+                     f"epoch (received {p.sparsity_target_epoch})")]
+        if freeze <= p.sparsity_target_epoch:
+            return [(("params", "sparsity_freeze_epoch"),
+                     f"must be > `sparsity_target_epoch` ({p.sparsity_target_epoch}): the masks stop changing "
+                     f"at the freeze epoch, so `sparsity_target` would never be reached (received {freeze})")]
+    if p.schedule == "multistep" and p.multistep_steps and freeze <= p.multistep_steps[-1]:
+        return [(("params", "sparsity_freeze_epoch"),
+                 f"must be > the last of `multistep_steps` ({p.multistep_steps[-1]}): the masks stop changing "
+                 f"at the freeze epoch, so the last level would never be reached (received {freeze})")]
+    return []
+
+
 class MagnitudeSparsityParams(SparsityParams):
     """Schedule and weight ranking of magnitude sparsity."""
 
@@ -88,6 +107,7 @@ class _SparsityBase(AlgorithmSection):
             final, name = p.sparsity_target, "`sparsity_target`"
         if self.sparsity_init > final:
             problems.append((("sparsity_init",), f"must be <= {name} ({final}) (received {self.sparsity_init})"))
+        problems += _schedule_problems(p)
         if self.algorithm == "rb_sparsity" and p.sparsity_level_setting_mode == "local":
             problems.append((("params", "sparsity_level_setting_mode"),
                              "rb_sparsity supports only 'global' (received \"local\")"))
@@ -223,5 +243,4 @@ class MovementSparsityConfig(AlgorithmSection):
         p = self.params
         target = f"sparsity {p.sparsity_target:.0%}, " if p.sparsity_target is not None else ""
         return (f"{target}warmup epochs {p.warmup_start_epoch}-{p.warmup_end_epoch}, regularization factor "
-                f"{p.importance_regularization_factor}, structured masking "
-                f"{'on' if p.enable_structured_masking else 'off'}" + self._describe_scopes())
+                f"{p.importance_regularization_factor}" + self._describe_scopes())

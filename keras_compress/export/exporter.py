@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from keras_compress.export.openvino import convert_saved_model, xml_path_for
+from keras_compress.export.atomic import check_folder_target, replace_together, staging_folder
+from keras_compress.export.openvino import check_ir_target, convert_saved_model
 from keras_compress.export.strip import strip_model
 
 __all__ = ["export"]
 
 FORMATS = ("openvino", "saved_model")
+#: What `model.export(format="tf_saved_model")` writes in a SavedModel folder: a folder holding
+#: only these is a previous SavedModel, which an export to the same path replaces.
+SAVED_MODEL_ENTRIES = ("assets", "fingerprint.pb", "saved_model.pb", "variables")
 
 
 def _save_saved_model(model, directory):
@@ -32,7 +34,19 @@ def export(model, path, format="openvino", compress_to_fp16=False):
 
     The model is stripped first (`strip_model`: quantizers kept as fake-quant ops, overflow
     fix applied); the model passed in is not changed. Files appear at `path` only when the
-    export succeeded: a failure leaves nothing half-written there.
+    export succeeded: a failure leaves nothing half-written there, and nothing of the user's
+    is ever deleted or replaced but a previous export at the same path:
+
+    - "openvino": an existing `.xml`/`.bin` pair is replaced as a pair (after a failure both
+      are as they were); a `.xml` or `.bin` target that is a directory is an error;
+    - "saved_model": the target must be a new or empty folder or a previous SavedModel (a folder
+      holding only `saved_model.pb`, `fingerprint.pb`, `variables/`, `assets/`); a regular file
+      or a folder with other files is an error.
+
+    Wrong targets are refused before any work. The export is written into a temporary folder
+    next to the target (`.kc-export-<pid>-...`), removed afterwards whatever happened; one that
+    a killed export left behind is removed by the next export to the same folder. The
+    SavedModel -> IR conversion runs in a separate process (see `convert_saved_model`).
 
     Args:
         model: a `keras.Model` (compressed by `kc.compress`, or plain).
@@ -43,6 +57,14 @@ def export(model, path, format="openvino", compress_to_fp16=False):
 
     Returns:
         The `Path` of the `.xml` (OpenVINO) or of the SavedModel directory.
+
+    Raises:
+        ValueError: for an unknown `format`.
+        TypeError: when `model` is not a `keras.Model`.
+        IsADirectoryError, NotADirectoryError, FileExistsError: for a target that exists as the
+            wrong kind of thing (see above), before any work.
+        OSError: when the target's folder cannot be created or written.
+        RuntimeError: when tracing or the conversion fails (also when OpenVINO's converter crashes).
 
     Example:
         ```python
@@ -56,7 +78,11 @@ def export(model, path, format="openvino", compress_to_fp16=False):
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model. Received: {type(model).__name__}")
     target = Path(path)
-    parent = (xml_path_for(target) if format == "openvino" else target).parent
+    if format == "openvino":
+        parent = check_ir_target(target).parent
+    else:
+        check_folder_target(target, "SavedModel", SAVED_MODEL_ENTRIES)
+        parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -64,16 +90,13 @@ def export(model, path, format="openvino", compress_to_fp16=False):
     if not os.access(parent, os.W_OK):
         raise PermissionError(f"The export directory {str(parent)!r} is not writable.")
     stripped = strip_model(model)
-    tmp = Path(tempfile.mkdtemp(prefix=".kc-export-", dir=parent))
-    try:
+    with staging_folder(parent) as tmp:
         saved = tmp / "saved_model"
         _save_saved_model(stripped, saved)
         if format == "openvino":
-            return convert_saved_model(saved, target, compress_to_fp16=compress_to_fp16)
-        if target.exists():
-            old = tmp / "previous"
-            os.replace(target, old)
-        os.replace(saved, target)
+            return convert_saved_model(
+                saved, target, compress_to_fp16=compress_to_fp16, source=f"model {model.name!r}"
+            )
+        check_folder_target(target, "SavedModel", SAVED_MODEL_ENTRIES)  # it may have changed meanwhile
+        replace_together([(saved, target)], backup=tmp)
         return target
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

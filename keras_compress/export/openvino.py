@@ -1,13 +1,126 @@
-"""SavedModel -> OpenVINO IR conversion (openvino is imported only here, when used)."""
+"""SavedModel -> OpenVINO IR conversion, in a separate process (openvino is imported only there).
+
+OpenVINO's converter is native code, and it can crash the process it runs in (a segmentation
+fault in `ov.convert_model` was seen with keras.applications.NASNetMobile). So it never runs in
+the user's process: a converter process (`python -c`, importing only openvino) is started on the
+first conversion and reused for the next ones; a crash of it becomes a `RuntimeError` here, and
+the next conversion starts a new one.
+
+Measured on this 2-core machine (shared, load 4-9; a small QAT SavedModel, 5 runs each): in-process
+`ov.convert_model` + `ov.save_model` took 0.6-3.2 s; the first conversion through the converter
+process 1.4-3.7 s (it starts Python and imports openvino, about 1-2 s), the next ones 0.3-1.0 s. So the
+separate process costs its start-up once per Python process, and nothing after that (a conversion
+there, in a process without TensorFlow loaded, was not slower than in-process).
+"""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
+import atexit
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
-__all__ = ["convert_saved_model", "xml_path_for"]
+from keras_compress.export.atomic import check_file_target, replace_together, staging_folder
+
+__all__ = ["ConverterCrashed", "convert_saved_model", "xml_path_for"]
+
+#: The converter process: reads one JSON job per line on stdin, answers one JSON line per job on
+#: its original stdout (OpenVINO's own output is sent to stderr, so it never mixes with replies).
+CONVERTER_CODE = r"""
+import json, os, sys
+replies = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
+import openvino as ov
+for line in sys.stdin:
+    job = json.loads(line)
+    try:
+        model = ov.convert_model(job["saved_model"])
+        ov.save_model(model, job["xml"], compress_to_fp16=job["compress_to_fp16"])
+        del model
+        reply = {"ok": True}
+    except Exception as err:
+        reply = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+    replies.write(json.dumps(reply) + "\n")
+    replies.flush()
+"""
+
+
+class ConverterCrashed(RuntimeError):
+    """OpenVINO's converter process died while converting (a crash in native code)."""
+
+
+class _Converter:
+    """The reusable converter process (one per Python process, one conversion at a time)."""
+
+    def __init__(self):
+        self.process = None
+        self.lock = threading.Lock()
+
+    def _start(self):
+        if self.process is None or self.process.poll() is not None:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", CONVERTER_CODE],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        return self.process
+
+    def convert(self, saved_model_dir, xml, compress_to_fp16, source):
+        job = {"saved_model": str(saved_model_dir), "xml": str(xml), "compress_to_fp16": bool(compress_to_fp16)}
+        with self.lock:
+            process = self._start()
+            try:
+                process.stdin.write(json.dumps(job) + "\n")
+                process.stdin.flush()
+                line = process.stdout.readline()
+            except (BrokenPipeError, OSError):
+                line = ""
+            if not line:
+                code = process.wait()
+                self.process = None
+                raise ConverterCrashed(_crash_message(code, source))
+        reply = json.loads(line)
+        if not reply["ok"]:
+            raise RuntimeError(f"OpenVINO could not convert {source}: {reply['error']}")
+
+    def close(self):
+        """Ends the converter process (at interpreter exit)."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                process.stdin.close()
+                process.wait(timeout=10)
+            if process.poll() is None:
+                process.kill()
+
+
+def _crash_message(code, source):
+    """What a converter process that ended without answering means for the user."""
+    if code is not None and code < 0:
+        try:
+            how = f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"killed by signal {-code}"
+        return (
+            f"OpenVINO's converter crashed ({how}) while converting {source}. It ran in a separate "
+            "process, so this process and its model are unaffected and nothing was written at the "
+            "target. The model holds an operation or pattern OpenVINO cannot convert: try another "
+            "OpenVINO version, or export with format='saved_model' and convert it elsewhere."
+        )
+    return (
+        f"OpenVINO's converter process ended (exit status {code}) before converting {source}; its "
+        f"error output is on this process's stderr (it runs `{sys.executable} -c ...` and imports "
+        "openvino). Nothing was written at the target."
+    )
+
+
+_CONVERTER = _Converter()
+atexit.register(_CONVERTER.close)
 
 
 def xml_path_for(path):
@@ -16,23 +129,37 @@ def xml_path_for(path):
     return path if path.suffix == ".xml" else path.with_name(path.name + ".xml")
 
 
-def convert_saved_model(saved_model_dir, output, compress_to_fp16=False):
+def check_ir_target(output):
+    """Raises, before any work, when the `.xml` or `.bin` of `output` exists as something else than a file."""
+    xml = xml_path_for(output)
+    check_file_target(xml, "OpenVINO IR (.xml)")
+    check_file_target(xml.with_suffix(".bin"), "OpenVINO IR (.bin)")
+    return xml
+
+
+def convert_saved_model(saved_model_dir, output, compress_to_fp16=False, source=None):
     """Converts a TensorFlow SavedModel to OpenVINO IR (`.xml` + `.bin`), atomically.
 
     Works for any SavedModel, not only keras_compress ones. Fake-quant ops become
-    FakeQuantize; per-channel weight fake-quant with variable ranges is stored as int8.
+    FakeQuantize; per-channel weight fake-quant with variable ranges is stored as int8. The
+    conversion runs in a separate process, so a crash of OpenVINO's converter cannot take this
+    process down. The `.xml` and `.bin` are replaced together: after a failure both are as they
+    were.
 
     Args:
         saved_model_dir: the SavedModel directory.
         output: the target path (`out/model` or `out/model.xml`).
         compress_to_fp16: store float weights as fp16 (halves the size, changes the
             numbers slightly). Off by default so the IR computes what the Keras model does.
+        source: what is converted, for error messages (default: the SavedModel's path).
 
     Returns:
         The `Path` of the written `.xml`.
 
     Raises:
         FileNotFoundError: when `saved_model_dir` is not a SavedModel.
+        IsADirectoryError: when the `.xml` or `.bin` target exists as a directory (before any work).
+        ConverterCrashed: (a `RuntimeError`) when OpenVINO's converter process crashed.
         RuntimeError: when OpenVINO cannot convert the model (its message names the op).
     """
     saved_model_dir = Path(saved_model_dir)
@@ -41,19 +168,10 @@ def convert_saved_model(saved_model_dir, output, compress_to_fp16=False):
             f"`saved_model_dir` must be a TensorFlow SavedModel directory (with saved_model.pb). "
             f"Received: {str(saved_model_dir)!r}"
         )
-    import openvino as ov
-
-    xml = xml_path_for(output)
+    xml = check_ir_target(output)
     xml.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        ov_model = ov.convert_model(str(saved_model_dir))
-    except Exception as err:  # noqa: BLE001 - OpenVINO raises several error types
-        raise RuntimeError(f"OpenVINO could not convert {str(saved_model_dir)!r}: {err}") from err
-    tmp = Path(tempfile.mkdtemp(prefix=".kc-ir-", dir=xml.parent))
-    try:
-        ov.save_model(ov_model, str(tmp / "model.xml"), compress_to_fp16=compress_to_fp16)
-        os.replace(tmp / "model.bin", xml.with_suffix(".bin"))
-        os.replace(tmp / "model.xml", xml)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with staging_folder(xml.parent) as tmp:
+        source = source or f"the SavedModel {str(saved_model_dir)!r}"
+        _CONVERTER.convert(saved_model_dir.resolve(), tmp / "model.xml", compress_to_fp16, source)
+        replace_together([(tmp / "model.bin", xml.with_suffix(".bin")), (tmp / "model.xml", xml)], backup=tmp)
     return xml

@@ -46,6 +46,7 @@ class FilterPruningAlgorithm(CompressionAlgorithm):
 
     name = "filter_pruning"
     needs_graph = True
+    layer_types = (FilterPruningWrapper,)
 
     def __init__(self, config, target_device="ANY"):
         super().__init__(config, target_device)
@@ -175,6 +176,11 @@ class FilterPruningAlgorithm(CompressionAlgorithm):
     def on_compress(self, model):
         """Sets the masks for epoch 0 right after `kc.compress` (before range init)."""
         self.on_epoch_begin(model, 0)
+
+    def restore(self, model, epoch):
+        """The masks are the model's; the level they were set for is the schedule's at `epoch`."""
+        self.epoch = int(epoch)
+        self.level = float(self.schedule(epoch))
 
     def on_train_begin(self, model):
         self.analysis(model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_compress.wrapper import WeightsWrapper, unwrap
@@ -20,10 +21,14 @@ def kernel_axes(kind):
     return _KERNEL_AXES[kind]
 
 
-def _broadcast(mask, rank, axis):
+def _axis_shape(rank, axis):
     shape = [1] * rank
     shape[axis] = -1
-    return ops.reshape(mask, shape)
+    return shape
+
+
+def _broadcast(mask, rank, axis):
+    return ops.reshape(mask, _axis_shape(rank, axis))
 
 
 @keras.saving.register_keras_serializable(package="keras_compress")
@@ -47,6 +52,8 @@ class FilterPruningWrapper(WeightsWrapper):
         >>> float(keras.ops.convert_to_numpy(wrapped(keras.ops.ones((2, 3))))[0, 1])
         0.0
     """
+
+    scheduled = True
 
     def __init__(self, layer, **kwargs):
         super().__init__(layer, **kwargs)
@@ -77,6 +84,20 @@ class FilterPruningWrapper(WeightsWrapper):
         if bias is not None:
             weights["bias"] = bias * ops.cast(self.filter_mask, bias.dtype)
         return weights
+
+    def surviving_entries(self):
+        """The kernel entries of kept filters and kept input channels, the bias of kept filters."""
+        base = unwrap(self)
+        rank = len(base.kernel.shape)
+        filters = ops.convert_to_numpy(self.filter_mask) > 0.5
+        inputs = ops.convert_to_numpy(self.input_mask) > 0.5
+        kernel = np.reshape(filters, _axis_shape(rank, self.filter_axis)) & np.reshape(
+            inputs, _axis_shape(rank, self.input_axis)
+        )
+        kept = {"kernel": np.broadcast_to(kernel, tuple(base.kernel.shape))}
+        if getattr(base, "bias", None) is not None:
+            kept["bias"] = filters
+        return kept
 
     def strip(self):
         """Folds the masks into the weights and returns the wrapped layer."""

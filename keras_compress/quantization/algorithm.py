@@ -12,6 +12,7 @@ import numpy as np
 from keras_compress.algorithm import CompressionAlgorithm
 from keras_compress.calibration import run_batches
 from keras_compress.compressible import compressible_spec
+from keras_compress.config.scopes import split_precision_scope
 from keras_compress.graph import iter_layers, layers_by_path, node_role
 from keras_compress.quantization.fake_quantize import FakeQuantize
 from keras_compress.quantization.input_wrapper import InputQuantizeWrapper
@@ -49,6 +50,7 @@ class QuantizationAlgorithm(CompressionAlgorithm):
     """
 
     name = "quantization"
+    layer_types = (QuantizeWrapper, FakeQuantize)
 
     def __init__(self, config, target_device="ANY"):
         super().__init__(config, target_device)
@@ -58,6 +60,7 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         self.first_layer_ids = set()
         self.precision = config.initializer.precision
         self.precision_rows = []  # [layer, parameters, sensitivity, bits] after mixed precision
+        self.manual_used = set()  # indices of the `bitwidth_per_scope` entries that set some quantizer's bits
         self.precision_budget = None
         if config.activations.per_channel:
             logger.warning(
@@ -96,13 +99,31 @@ class QuantizationAlgorithm(CompressionAlgorithm):
                 break
         return types.SimpleNamespace(**settings)
 
-    def _manual_bits(self, names):
+    def _manual_bits(self, names, group="weights"):
+        """The bits `bitwidth_per_scope` gives a quantizer of `group` ("weights": a layer's weights,
+        "activations": the quantizer on a layer's output), or None."""
         if self.precision is None or self.precision.type != "manual":
             return None
-        for bits, scope in self.precision.bitwidth_per_scope:
-            if matches_scope(names, [scope]):
+        for index, (bits, scope) in enumerate(self.precision.bitwidth_per_scope):
+            name, scope_group = split_precision_scope(scope)
+            if scope_group == group and matches_scope(names, [name]):
+                self.manual_used.add(index)
                 return bits
         return None
+
+    def on_compress(self, model):
+        """Warns about `bitwidth_per_scope` entries that set the bits of no quantizer."""
+        if self.precision is None or self.precision.type != "manual":
+            return
+        unused = [f"[{bits}, {scope!r}]" for index, (bits, scope) in enumerate(self.precision.bitwidth_per_scope)
+                  if index not in self.manual_used]  # fmt: skip
+        if unused:
+            logger.warning(
+                "quantization.initializer.precision.bitwidth_per_scope: %d entr%s set the bits of no quantizer of "
+                "model %r: %s. An entry names a layer whose weights are quantized, or with `|OUTPUT` a layer "
+                "(or input) whose output has an activation quantizer: see `ctrl.statistics()` for the quantizers.",
+                len(unused), "y" if len(unused) == 1 else "ies", model.name, ", ".join(unused),
+            )
 
     def _weight_spec(self, layer, attr, path=""):
         cfg = self._settings("weights", self._names(layer, path))
@@ -177,8 +198,10 @@ class QuantizationAlgorithm(CompressionAlgorithm):
     def make_layer(self, key, plan):
         """The `FakeQuantize` layer for an activation quantizer key of `plan`."""
         name = plan.names[key]
-        act = self._settings("activations", [name, name.rsplit("_quantizer", 1)[0]])
-        return FakeQuantize(mode=act.mode, bits=act.bits, signed=act.signed, name=name)
+        names = [name, name.rsplit("_quantizer", 1)[0]]
+        act = self._settings("activations", names)
+        bits = self._manual_bits(names, "activations") or act.bits
+        return FakeQuantize(mode=act.mode, bits=bits, signed=act.signed, name=name)
 
     # ----------------------------------------------------------------- initialization
     def activation_quantizers(self, model):
@@ -219,11 +242,6 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         """
         precision = self.precision
         if precision is None or precision.type != "hawq":
-            if precision is not None and precision.type == "autoq":
-                raise ValueError(
-                    "initializer.precision.type 'autoq' (NNCF's reinforcement-learning search) is "
-                    "not supported. Use 'hawq' (sensitivity-based) or 'manual'."
-                )
             return
         originals = layers_by_path(original_model)
         kernels, axes, owners = {}, {}, {}

@@ -15,7 +15,7 @@ from keras_compress.sparsity.wrappers import (
     MovementSparsityWrapper,
     RBSparsityWrapper,
 )
-from keras_compress.wrapper import unwrap
+from keras_compress.wrapper import exported_entries, unwrap
 
 __all__ = ["MagnitudeSparsityAlgorithm", "RBSparsityAlgorithm", "MovementSparsityAlgorithm"]
 
@@ -86,10 +86,14 @@ class _SparsityAlgorithm(CompressionAlgorithm):
 
     # ----------------------------------------------------------------- statistics
     def statistics(self, model):
+        """Sparsity of the weights that survive export (pruned filters, removed at export, are not
+        counted: their zeros are not in the exported model)."""
         rows, effective = [], []
+        layers = list(iter_layers(model))
         for wrapper in self.wrappers(model):
             weights = wrapper.effective_weights(training=False)
-            arrays = [ops.convert_to_numpy(weights[a]) for a in wrapper.weight_names]
+            kept = exported_entries(layers, wrapper)
+            arrays = [_kept(ops.convert_to_numpy(weights[a]), kept.get(a)) for a in wrapper.weight_names]
             effective += arrays
             rows.append([wrapper.name, sum(a.size for a in arrays), sparsity_level(arrays)])
         figures = {
@@ -102,6 +106,11 @@ class _SparsityAlgorithm(CompressionAlgorithm):
             "layers": (["layer", "weights", "sparsity"], rows),
             "skipped": dict(self.skipped),
         }
+
+
+def _kept(array, kept):
+    """The entries of `array` that survive export (all of them when `kept` is None)."""
+    return array if kept is None else array[kept]
 
 
 class _ScheduledSparsity(_SparsityAlgorithm):
@@ -130,6 +139,16 @@ class _ScheduledSparsity(_SparsityAlgorithm):
         self.level = level
         self.apply_level(model, level)
 
+    def restore(self, model, epoch):
+        """Continues from the level the model's masks (or loss targets) were last set for."""
+        self.epoch = float(epoch)
+        applied = self.applied_level(model)
+        if applied is not None and applied >= 0:
+            self.level = applied
+            if isinstance(self.schedule, AdaptiveSchedule):
+                self.schedule.level = applied
+                self.schedule.last_epoch = int(epoch)
+
     def get_state(self):
         state = super().get_state()
         if isinstance(self.schedule, AdaptiveSchedule):
@@ -152,6 +171,7 @@ class MagnitudeSparsityAlgorithm(_ScheduledSparsity):
 
     name = "magnitude_sparsity"
     wrapper_class = MagnitudeSparsityWrapper
+    layer_types = (MagnitudeSparsityWrapper,)
 
     def on_compress(self, model):
         self.compute_masks(model, self.level)
@@ -167,20 +187,34 @@ class MagnitudeSparsityAlgorithm(_ScheduledSparsity):
             self.compute_masks(model, level)
 
     def compute_masks(self, model, level):
-        """Sets every mask so that `level` of the sparsified weights are zero."""
+        """Sets every mask so that `level` of the sparsified weights that survive export are zero.
+
+        Entries that export removes (pruned filters) are left out of the ranking, so the level is
+        that of the exported weights.
+        """
         wrappers = self.wrappers(model)
-        pairs = [(w, a) for w in wrappers for a in w.weight_names]
+        layers = list(iter_layers(model))
+        pairs, weights, kept = [], [], []
+        for wrapper in wrappers:
+            survive = exported_entries(layers, wrapper)
+            for attr in wrapper.weight_names:
+                w = ops.convert_to_numpy(getattr(unwrap(wrapper), attr))
+                keep = survive.get(attr, np.ones(w.shape, bool))
+                pairs.append((wrapper, attr))
+                weights.append(w[keep])
+                kept.append(keep)
         if not pairs:
             return
-        weights = [ops.convert_to_numpy(getattr(unwrap(w), a)) for w, a in pairs]
         masks = magnitude_masks(
             weights,
             level,
             self.config.params.weight_importance,
             self.config.params.sparsity_level_setting_mode,
         )
-        for (wrapper, attr), mask in zip(pairs, masks):
-            wrapper.masks[attr].assign(mask)
+        for (wrapper, attr), mask, keep in zip(pairs, masks, kept):
+            full = np.ones(keep.shape, "float32")
+            full[keep] = mask
+            wrapper.masks[attr].assign(full)
         for wrapper in wrappers:
             wrapper.mask_level.assign(level)
 
@@ -194,6 +228,7 @@ class RBSparsityAlgorithm(_ScheduledSparsity):
 
     name = "rb_sparsity"
     wrapper_class = RBSparsityWrapper
+    layer_types = (RBSparsityWrapper,)
 
     def on_compress(self, model):
         wrappers = self.wrappers(model)
@@ -202,6 +237,10 @@ class RBSparsityAlgorithm(_ScheduledSparsity):
         for wrapper, size in zip(wrappers, sizes):
             wrapper.share.assign(size / total)
         self.apply_level(model, self.level)
+
+    def applied_level(self, model):
+        wrappers = self.wrappers(model)
+        return float(ops.convert_to_numpy(wrappers[0].target)) if wrappers else None
 
     def apply_level(self, model, level):
         """Sets the sparsity-loss target of every wrapper."""
@@ -227,6 +266,7 @@ class MovementSparsityAlgorithm(_SparsityAlgorithm):
 
     name = "movement_sparsity"
     wrapper_class = MovementSparsityWrapper
+    layer_types = (MovementSparsityWrapper,)
     kinds = ("dense", "einsum_dense")
     per_step = True
 
@@ -274,9 +314,22 @@ class MovementSparsityAlgorithm(_SparsityAlgorithm):
         if self.init_threshold is None:
             lowest = [float(np.min(ops.convert_to_numpy(s))) for w in wrappers for s in w.scores.values()]
             self.init_threshold = min(lowest, default=0.0) - 1e-3
+            for wrapper in wrappers:
+                wrapper.init_threshold.assign(self.init_threshold)
         threshold = self.init_threshold + (p.final_importance_threshold - self.init_threshold) * weight
         for wrapper in wrappers:
             wrapper.threshold.assign(threshold)
+        self.level = self.statistics(model)["figures"]["sparsity_level"]
+
+    def restore(self, model, epoch):
+        """Takes the warm-up's initial threshold from the model once warm-up has started."""
+        self.epoch = float(epoch)
+        wrappers = self.wrappers(model)
+        if not wrappers:
+            return
+        started = float(ops.convert_to_numpy(wrappers[0].threshold)) > -1e8
+        if started and self.init_threshold is None and self.config.params.sparsity_target is None:
+            self.init_threshold = float(ops.convert_to_numpy(wrappers[0].init_threshold))
         self.level = self.statistics(model)["figures"]["sparsity_level"]
 
     def get_state(self):

@@ -30,6 +30,8 @@ class MaskedWeightsWrapper(WeightsWrapper):
         **kwargs: base layer arguments.
     """
 
+    scheduled = True
+
     def __init__(self, layer, weight_names=None, **kwargs):
         super().__init__(layer, **kwargs)
         self.weight_names = list(weight_names or self.spec.weights)
@@ -188,6 +190,11 @@ class MovementSparsityWrapper(MaskedWeightsWrapper):
         )
         self.regularization = self.add_weight(
             name="regularization", shape=(), initializer="zeros", trainable=False
+        )
+        # The threshold when warm-up started (NNCF's default `init_importance_threshold`), kept so
+        # that a loaded model continues the threshold schedule.
+        self.init_threshold = self.add_weight(
+            name="init_threshold", shape=(), initializer="zeros", trainable=False
         )
 
     def _expand(self, values, shape):
