@@ -22,7 +22,6 @@ import json
 import os
 import sys
 import tempfile
-from importlib import resources
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -36,7 +35,6 @@ from keras_compress.benchmark import benchmark_models, compile_ir, runtime_preci
 from keras_compress.demo import build_digits_cnn, evaluate_ir, load_digits_split  # noqa: E402
 from keras_compress.statistics import format_table  # noqa: E402
 
-INT8 = resources.files("keras_compress") / "configs" / "int8.json"
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 OPS = ("Convolution", "FullyConnected", "MatMul")
 
@@ -145,7 +143,7 @@ def digits_run(seed, epochs, qat_epochs, out):
     assert same < 1e-4, f"the subclass does not compute what the Functional model does ({same})"
     row = {"seed": seed, "fp32": fp32}
     for name, model in (("functional", functional), ("subclass", subclass)):
-        compressed, ctrl = kc.compress(model, str(INT8), dataset=(x_train, y_train))
+        compressed, ctrl = kc.compress(model, "int8", dataset=(x_train, y_train), verbose=0)
         compressed.compile(optimizer=keras.optimizers.Adam(5e-4), loss=LOSS, metrics=["accuracy"])
         keras.utils.set_random_seed(seed + 1)  # the same batches for both
         compressed.fit(x_train, y_train, batch_size=64, epochs=qat_epochs, verbose=0, callbacks=ctrl.callbacks())
@@ -161,7 +159,7 @@ def transformer_run(out):
     model = TextEncoder()
     ids = np.random.default_rng(0).integers(0, 1000, (64, 64))
     model(ids[:1])
-    compressed, ctrl = kc.compress(model, str(INT8), dataset=ids)
+    compressed, ctrl = kc.compress(model, "int8", dataset=ids, verbose=0)
     xml = kc.export(compressed, out / "encoder" / "model")
     low, total, counts = int8_share(compile_ir(xml), ("FullyConnected", "MatMul"))
     return {"int8_ops": low, "ops": total, "counts": {f"{t}:{p}": n for (t, p), n in counts.items()},
