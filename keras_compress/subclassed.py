@@ -200,17 +200,28 @@ class CompressedModel(keras.Model):
     def call(self, inputs, training=None, **kwargs):
         return self.model(inputs, training=training, **kwargs)
 
+    def copy(self, replaced=None):
+        """A new, built `CompressedModel` of the same structure (weights not copied).
+
+        Made from the user's class itself (not through Keras' registry), so it works whether or not
+        the class is registered. `replaced` gives other `{path: layer}` replacements to describe.
+        """
+        layers = {path: describe_replacement(layer) for path, layer in (replaced or self.replaced_layers()).items()}
+        signature = self.signature_config()
+        copy = CompressedModel(copy_subclassed(self.model), layers, signature, name=self.name)
+        copy.build()
+        return copy
+
     def replaced_layers(self):
         """`{attribute path: layer}` of the replaced sublayers."""
         return {path: get_sublayer(self.model, path) for path in self.replaced_paths}
 
-    def get_config(self, replaced=None):
-        """The config; `replaced` gives other `{path: layer}` replacements to describe instead."""
+    def get_config(self):
         inner = keras.saving.serialize_keras_object(self.model)
         # The inner model is rebuilt unbuilt: its sublayers are replaced before it is built.
         inner.pop("build_config", None)
         inner.pop("compile_config", None)
-        layers = {path: describe_replacement(layer) for path, layer in (replaced or self.replaced_layers()).items()}
+        layers = {path: describe_replacement(layer) for path, layer in self.replaced_layers().items()}
         return {"name": self.name, "model": inner, "layers": layers, "input_signature": self.signature_config()}
 
     @classmethod
@@ -304,6 +315,12 @@ def transform_subclassed(model, wrap_fn, wrap_inputs_fn=None, planners=(), sampl
         ValueError: when the model cannot be copied, or its input shape is unknown.
     """
     copy = copy_subclassed(model)
+    if keras.saving.get_registered_object(keras.saving.get_registered_name(type(model))) is not type(model):
+        logger.warning(
+            "%s is not registered with `@keras.saving.register_keras_serializable()`: the compressed model "
+            "trains and exports, but `keras.saving.load_model` cannot rebuild it from a saved file until "
+            "the class is registered (Keras' rule for subclassed models).", type(model).__name__
+        )
     if sample is not None:
         signature = _signature_of(sample)
     elif model.built and (model.get_build_config() or {}).get("input_shape") is not None:
@@ -348,13 +365,11 @@ def strip_subclassed(model, strip_layer):
         strip_layer: `(layer) -> layer`: the stripped version of a replaced sublayer (built, with its
             weights); applied to a copy of `model`'s layers.
     """
-    copy = CompressedModel.from_config(model.get_config())
-    copy.build()
+    copy = model.copy()
     _copy_weights(model, copy)
     stripped = {path: strip_layer(layer) for path, layer in copy.replaced_layers().items()}
-    replaced = {path: layer for path, layer in stripped.items() if is_graph_model(layer) or layer is not innermost(layer)}
-    config = copy.get_config(replaced=replaced)
-    result = CompressedModel.from_config(config)
-    result.build()
+    # A stripped layer that is the user's layer itself (sparsity folded away) replaces nothing.
+    replaced = {p: layer for p, layer in stripped.items() if is_graph_model(layer) or layer is not innermost(layer)}
+    result = copy.copy(replaced)
     _copy_weights(copy, result, leaves=stripped)
     return result

@@ -205,3 +205,24 @@ def test_subclassed_transformer_layers_in_lists_and_dicts_are_found():
     assert len(wrapped) >= 5
     skipped = ctrl.statistics().skipped()
     assert sum(reason.endswith("embedding weights are not quantized") for reason in skipped.values()) == 2
+
+
+def test_an_unregistered_subclass_is_compressed_and_exported_with_a_warning(tmp_path, caplog):
+    class Plain(keras.Model):  # not registered: Keras cannot load it from a file, but nothing else needs it
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.conv = keras.layers.Conv2D(4, 3, activation="relu")
+            self.head = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.head(keras.ops.mean(self.conv(x), axis=(1, 2)))
+
+    model = Plain()
+    x = _images(8)
+    model(x)
+    with caplog.at_level("WARNING", logger="keras_compress"):
+        compressed, ctrl = kc.compress(model, quantization_config(), dataset=x)
+    assert "Plain is not registered" in caplog.text
+    xml = kc.export(compressed, tmp_path / "plain")
+    counts = runtime_precisions(compile_ir(xml))
+    assert counts == {("Convolution", "u8"): 1, ("FullyConnected", "u8"): 1}
