@@ -386,3 +386,16 @@ def test_a_converter_crash_is_a_runtime_error_and_this_process_survives(compress
     monkeypatch.undo()  # the real converter again: a new converter process is started
     kc.export(compressed[0], xml)
     assert tree(tmp_path) != before and xml.with_suffix(".bin").is_file()
+
+
+def test_relative_ir_paths_follow_the_working_directory(compressed, tmp_path, monkeypatch):
+    """The converter process outlives a `chdir` of this process: relative targets still land here."""
+    model, _ = compressed
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    kc.export(model, "out/model")  # starts (or reuses) the converter process
+    monkeypatch.chdir(tmp_path / "b")
+    xml = kc.export(model, "out/model")
+    assert (tmp_path / "b" / "out" / "model.xml").is_file() and (tmp_path / "b" / "out" / "model.bin").is_file()
+    assert str(xml) == "out/model.xml"

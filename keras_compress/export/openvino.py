@@ -172,6 +172,7 @@ def convert_saved_model(saved_model_dir, output, compress_to_fp16=False, source=
     xml.parent.mkdir(parents=True, exist_ok=True)
     with staging_folder(xml.parent) as tmp:
         source = source or f"the SavedModel {str(saved_model_dir)!r}"
-        _CONVERTER.convert(saved_model_dir.resolve(), tmp / "model.xml", compress_to_fp16, source)
+        # Absolute paths: the converter process may have been started in another working directory.
+        _CONVERTER.convert(saved_model_dir.resolve(), (tmp / "model.xml").resolve(), compress_to_fp16, source)
         replace_together([(tmp / "model.bin", xml.with_suffix(".bin")), (tmp / "model.xml", xml)], backup=tmp)
     return xml
