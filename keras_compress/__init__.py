@@ -45,7 +45,7 @@ _PUBLIC = {
     "export": "keras_compress.export",
     "FilterPruningWrapper": "keras_compress.pruning",
     "FakeQuantize": "keras_compress.quantization",
-    "InputQuantizeWrapper": "keras_compress.quantization",
+    "InputsWrapper": "keras_compress.inputs_wrapper",
     "QuantizeWrapper": "keras_compress.quantization",
     "MagnitudeSparsityWrapper": "keras_compress.sparsity",
     "MovementSparsityWrapper": "keras_compress.sparsity",
@@ -64,7 +64,7 @@ __all__ = [
     "ConfigWarning",
     "FakeQuantize",
     "FilterPruningWrapper",
-    "InputQuantizeWrapper",
+    "InputsWrapper",
     "MagnitudeSparsityWrapper",
     "MovementSparsityWrapper",
     "QuantizeWrapper",
@@ -95,7 +95,8 @@ if os.environ.get(LIGHT_IMPORT_ENV) != "1":
     from keras_compress.controller import CompressionController, compress
     from keras_compress.export import export
     from keras_compress.pruning import FilterPruningWrapper
-    from keras_compress.quantization import FakeQuantize, InputQuantizeWrapper, QuantizeWrapper
+    from keras_compress.inputs_wrapper import InputsWrapper
+    from keras_compress.quantization import FakeQuantize, QuantizeWrapper
     from keras_compress.sparsity import MagnitudeSparsityWrapper, MovementSparsityWrapper, RBSparsityWrapper
     from keras_compress.statistics import CompressionStatistics
     from keras_compress.subclassed import CompressedModel

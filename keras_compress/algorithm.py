@@ -5,7 +5,7 @@ every stage of a model's compression:
 
 - plan, while the transformer clones the model: `wrap(original, layer, path)` swaps a layer for its
   wrapper, `plan(graph, path)` and `make_layer(key, plan)` insert layers on graph edges (in a
-  subclassed model, which has no graph, `wrap_inputs(original, layer, path)` does that job);
+  subclassed model, on the edges of a graph recorded from one forward pass);
 - initialize, in `kc.compress` with the calibration data: `calibration_samples(model)`,
   `initialize_weights(model, batches, original_model)`, `passthrough_layers(model)`,
   `initialize(model, batches, verbose)`;
@@ -40,8 +40,8 @@ class CompressionAlgorithm:
 
     name = ""
     level = None
-    #: Whether the algorithm needs the model's graph (filter pruning: channel dependencies), so
-    #: cannot compress a subclassed model.
+    #: Whether the algorithm needs the model's whole graph (filter pruning: channel dependencies), so
+    #: cannot compress a subclassed model, whose `call()` may hold operations no recording sees.
     needs_graph = False
     #: The layer classes this algorithm puts into a model: a model holding one of them is
     #: already compressed by this algorithm.
@@ -54,11 +54,6 @@ class CompressionAlgorithm:
     # ----------------------------------------------------------------- plan
     def wrap(self, original, layer, path):
         """The layer to put in the clone for `original` (`layer` is its fresh copy, maybe wrapped already)."""
-        return layer
-
-    def wrap_inputs(self, original, layer, path):
-        """In a model without a graph (subclassed): the layer to put in place of `layer`, with what
-        `plan` would insert on its inputs (a wrapper that quantizes them). Called after `wrap`."""
         return layer
 
     def plan(self, graph, path):

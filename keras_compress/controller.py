@@ -209,13 +209,7 @@ def compress(
         sample = None
         if dataset is not None:
             sample, dataset = peek_batch(dataset)
-
-        def wrap_inputs_fn(original_layer, layer, path):
-            for algorithm in algorithms:
-                layer = algorithm.wrap_inputs(original_layer, layer, path)
-            return layer
-
-        compressed, pairs = transform_subclassed(model, wrap_fn, wrap_inputs_fn, algorithms, sample)
+        compressed, pairs = transform_subclassed(model, wrap_fn, algorithms, sample)
     else:
         compressed, pairs = transform_model(original, wrap_fn, planners=algorithms)
     quantizer_paths = [p for p, layer in layers_by_path(compressed).items() if isinstance(layer, FakeQuantize)]

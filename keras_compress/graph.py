@@ -20,6 +20,8 @@ __all__ = [
     "as_functional",
     "flatten_call_args",
     "fresh_copy",
+    "is_any_tensor",
+    "is_symbolic",
     "is_graph_model",
     "child_layers",
     "is_container",
@@ -29,6 +31,7 @@ __all__ = [
     "new_inputs",
     "node_role",
     "node_weights",
+    "replace_call_tensors",
     "trace_graph",
 ]
 
@@ -261,10 +264,37 @@ def _scalar_constants(args, kwargs):
     )
 
 
-def flatten_call_args(args, kwargs):
+def is_symbolic(x):
+    """Whether `x` is a tensor of a Functional graph (a `keras.KerasTensor`)."""
+    return isinstance(x, keras.KerasTensor)
+
+
+def is_any_tensor(x):
+    """Whether `x` is a tensor: symbolic, or the backend's (eager or traced)."""
+    return isinstance(x, keras.KerasTensor) or keras.ops.is_tensor(x)
+
+
+def flatten_call_args(args, kwargs, is_tensor=is_symbolic):
     """The tensors among a call's arguments, in a fixed order (positional, then keywords)."""
     flat = keras.tree.flatten(list(args)) + keras.tree.flatten(dict(kwargs))
-    return [t for t in flat if isinstance(t, keras.KerasTensor)]
+    return [t for t in flat if is_tensor(t)]
+
+
+def replace_call_tensors(args, kwargs, replace, is_tensor=is_symbolic):
+    """A call's arguments with some tensors replaced: `replace` maps a position in
+    `flatten_call_args` order to a function of the tensor there.
+
+    Returns:
+        `(args, kwargs)`, unchanged when nothing is replaced.
+    """
+    new = {}
+    for position, tensor in enumerate(flatten_call_args(args, kwargs, is_tensor)):
+        if position in replace:
+            new[id(tensor)] = replace[position](tensor)
+    if not new:
+        return args, kwargs
+    swap = lambda x: new.get(id(x), x) if is_tensor(x) else x  # noqa: E731
+    return tuple(keras.tree.map_structure(swap, list(args))), keras.tree.map_structure(swap, dict(kwargs))
 
 
 @dataclasses.dataclass
@@ -280,6 +310,8 @@ class Node:
         inputs: `TensorRef`s of the tensor arguments, in `flatten_call_args` order.
         num_outputs: how many tensors the call returned.
         scalar_constants: whether every non-tensor array operand of the call is a scalar.
+        prefix: the path prefix of the layer, when it differs from the graph's (a graph recorded
+            from a subclassed model: the attribute path of the layer's parent, `"blocks/0/"`).
     """
 
     index: int
@@ -287,6 +319,7 @@ class Node:
     inputs: list
     num_outputs: int
     scalar_constants: bool = True
+    prefix: str | None = None
 
     @property
     def name(self):

@@ -5,12 +5,15 @@ config is only what its `get_config()` returns (its constructor's arguments). So
 
 1. makes a copy with `type(model).from_config(model.get_config())`, the rule Keras already sets for
    saving a subclassed model, and leaves the user's model untouched;
-2. replaces sublayers of the copy, before it is built, with what the algorithms return: the same
-   `wrap` hook as for Functional models and, where a Functional model would get activation
-   quantizers on graph edges, `wrap_inputs` (there is no graph to put them on). Sublayers are
-   reached by attribute path: `"encoder/blocks/0/ffn"` for layers held in attributes, lists and
-   dicts; Functional and Sequential sub-models are compressed by the graph transformer itself;
-3. keeps the copy in a `CompressedModel`: its config holds the user's model config and the
+2. records the graph of its layers from one forward pass (`record_graph`: which layer's output
+   each layer reads; what `call()` computes with operations between layers is not seen, and its
+   results count as inputs), so every algorithm plans on it as on a Functional graph;
+3. replaces sublayers of the copy, before it is built, with what the algorithms return: the same
+   `wrap` hook as for Functional models, and for the layers a plan inserts on the inputs of a layer
+   (activation quantizers), an `InputsWrapper` around that layer. Sublayers are reached by
+   attribute path: `"encoder/blocks/0/ffn"` for layers held in attributes, lists and dicts;
+   Functional and Sequential sub-models are compressed by the graph transformer itself;
+4. keeps the copy in a `CompressedModel`: its config holds the user's model config and the
    replaced layers by path, so `keras.saving.load_model` rebuilds the same structure (the user's
    class must be registered with `keras.saving.register_keras_serializable`, as Keras requires for
    any subclassed model).
@@ -22,8 +25,19 @@ import logging
 
 import keras
 import numpy as np
+import tensorflow as tf
 
-from keras_compress.graph import child_layers, is_container, is_graph_model, own_weights
+from keras_compress.graph import (
+    ModelGraph,
+    Node,
+    child_layers,
+    flatten_call_args,
+    is_any_tensor,
+    is_container,
+    is_graph_model,
+    own_weights,
+)
+from keras_compress.inputs_wrapper import InputsWrapper
 from keras_compress.transform import transform_model
 
 __all__ = [
@@ -33,6 +47,7 @@ __all__ = [
     "describe_replacement",
     "get_sublayer",
     "innermost",
+    "record_graph",
     "set_sublayer",
     "strip_subclassed",
     "transform_subclassed",
@@ -185,12 +200,7 @@ class CompressedModel(keras.Model):
 
     def sample_inputs(self, batch_size=1):
         """Zeros in the structure, shapes and dtypes of the inputs (unknown sizes become 1)."""
-        zeros = [
-            keras.ops.zeros([batch_size] + [d or 1 for d in s.shape[1:]], dtype=s.dtype) for s in self._signature
-        ]
-        if self._input_names is not None:
-            return dict(zip(self._input_names, zeros))
-        return zeros[0] if len(zeros) == 1 else zeros
+        return _zeros(self.signature_config(), batch_size)
 
     def build(self, input_shape=None):
         if not self.model.built:
@@ -236,6 +246,16 @@ class CompressedModel(keras.Model):
         if model is None or name.startswith("_"):
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         return getattr(model, name)
+
+
+def _zeros(signature, batch_size=1):
+    """Zeros for a signature config (`CompressedModel.signature_config`): one array, a list or a dict."""
+    zeros = lambda spec: keras.ops.zeros(  # noqa: E731
+        [batch_size] + [d or 1 for d in spec["shape"][1:]], dtype=spec["dtype"]
+    )
+    if isinstance(signature, dict):
+        return {name: zeros(spec) for name, spec in signature.items()}
+    return zeros(signature[0]) if len(signature) == 1 else [zeros(spec) for spec in signature]
 
 
 def _signature_of(batch):
@@ -295,17 +315,123 @@ def _copy_weights(source, target, skip=(), leaves=None):
             target_weight.assign(source_weight)
 
 
-def transform_subclassed(model, wrap_fn, wrap_inputs_fn=None, planners=(), sample=None):
+class _Unseen:
+    """Stands for what produced a tensor no recorded layer returned (operations in `call()`)."""
+
+    def __init__(self, name):
+        self.name = name
+
+
+class _Recorder:
+    """Takes a leaf layer's place in a throwaway copy: calls it and records the call."""
+
+    def __init__(self, layer, path, record):
+        self.layer, self.path, self.record = layer, path, record
+
+    def __call__(self, *args, **kwargs):
+        outputs = self.layer(*args, **kwargs)
+        # Keras also traces a user's layer that has no build() in a graph, to build it: only the
+        # eager forward pass is recorded.
+        if tf.executing_eagerly():
+            self.record(self, args, kwargs, outputs)
+        return outputs
+
+
+def record_graph(model, sample):
+    """The graph of a subclassed model's layers, recorded from one forward pass on `sample`.
+
+    A throwaway copy of the model runs with each of its leaf layers replaced by a recorder. A node
+    per layer call, linked to the calls whose outputs it read; a tensor that no recorded layer
+    returned (computed by operations in `call()`, or a constant) gets a node of its own, with role
+    "other" (its consumers' quantizers stay at their inputs). A layer called several times has
+    one node per call.
+
+    Args:
+        model: the user's subclassed model (not run, not changed).
+        sample: an input batch.
+
+    Returns:
+        `(graph, paths)`: a `ModelGraph` whose nodes hold the user's layers (with the attribute path of
+        their parent as `prefix`), and each node's layer path (None for unseen producers).
+    """
+    originals = dict(_leaves(model))
+    copy = copy_subclassed(model)
+    nodes, paths, refs, dtypes, keep = [], [], {}, {}, []
+
+    def ref_of(tensor):
+        if id(tensor) not in refs:  # not returned by a recorded layer: an unseen producer
+            index = len(nodes)
+            nodes.append(Node(index, _Unseen(f"unseen_{index}"), [], 1))
+            paths.append(None)
+            refs[id(tensor)], dtypes[(index, 0)] = (index, 0), str(tensor.dtype)
+        keep.append(tensor)
+        return refs[id(tensor)]
+
+    def record(recorder, args, kwargs, outputs):
+        inputs = [ref_of(t) for t in flatten_call_args(args, kwargs, is_any_tensor)]
+        flat = [t for t in keras.tree.flatten(outputs) if is_any_tensor(t)]
+        index = len(nodes)
+        prefix = recorder.path.rsplit("/", 1)[0] + "/" if "/" in recorder.path else ""
+        layer = originals[recorder.path]
+        nodes.append(Node(index, layer, inputs, len(flat), prefix=prefix))
+        paths.append(recorder.path)
+        for j, tensor in enumerate(flat):
+            refs[id(tensor)], dtypes[(index, j)] = (index, j), str(tensor.dtype)
+            keep.append(tensor)
+
+    for path, layer in _leaves(copy):
+        if path in originals:
+            set_sublayer(copy, path, _Recorder(layer, path, record))
+    sample = keras.tree.map_structure(keras.ops.convert_to_tensor, sample)
+    inputs = [t for t in keras.tree.flatten(sample)]
+    for i, tensor in enumerate(inputs):
+        refs[id(tensor)], dtypes[(-1 - i, 0)] = (-1 - i, 0), str(tensor.dtype)
+    outputs = copy(sample, training=False)
+    graph_outputs = [refs[id(t)] for t in keras.tree.flatten(outputs) if id(t) in refs]
+    names = [f"input_{i}" if len(inputs) > 1 else "inputs" for i in range(len(inputs))]
+    graph = ModelGraph(nodes, [(-1 - i, 0) for i in range(len(inputs))], graph_outputs, dtypes, names)
+    return graph, paths
+
+
+def _input_layers(planners, graph, paths):
+    """`{layer path: {input position: layer}}`: what the planners insert on the recorded graph's edges.
+
+    Each consumer gets its own instance of a planned layer (a planned layer shared by several
+    consumers in a Functional graph cannot be shared by several wrappers and still load from a
+    file); they all start from the same statistics. A layer called several times takes what its
+    first call was given.
+    """
+    inserted = {}
+    for planner in planners:
+        plan = planner.plan(graph, "")
+        if plan is None:
+            continue
+        uses = {}
+        for (call, position), key in sorted(plan.edges.items()):
+            path = paths[call]
+            if path is None or position in inserted.get(path, {}):
+                continue
+            layer = planner.make_layer(key, plan)
+            uses[key] = uses.get(key, 0) + 1
+            if uses[key] > 1:  # one name per instance
+                layer = type(layer).from_config({**layer.get_config(), "name": f"{layer.name}_{uses[key]}"})
+            inserted.setdefault(path, {})[position] = layer
+    return inserted
+
+
+def transform_subclassed(model, wrap_fn, planners=(), sample=None):
     """Compresses a copy of a subclassed model by replacing its sublayers.
 
     Args:
         model: the user's subclassed model (not modified).
         wrap_fn: `(original_layer, fresh_layer, path) -> layer`, as for `transform_model`.
-        wrap_inputs_fn: `(original_layer, layer, path) -> layer`: what replaces a graph's activation
-            quantizers (a wrapper that quantizes the layer's inputs), or None.
-        planners: passed to `transform_model` for Functional and Sequential sub-models.
-        sample: an input batch (to learn the input signature and build the copy); default: the
-            model's build shape, with float32 inputs.
+        planners: objects with `plan(graph, path)` and `make_layer(key, plan)` (the algorithms), as
+            for `transform_model`: they plan on the graph recorded from one forward pass
+            (`record_graph`), and the layers they insert on a layer's inputs go into an
+            `InputsWrapper` around it. Functional and Sequential sub-models get them on their own
+            graph, through `transform_model`.
+        sample: an input batch (to learn the input signature, record the graph and build the copy);
+            default: the model's build shape, with float32 inputs.
 
     Returns:
         `(CompressedModel, pairs)`, pairs being `(original_layer, new_layer, path)` as for
@@ -331,6 +457,10 @@ def transform_subclassed(model, wrap_fn, wrap_inputs_fn=None, planners=(), sampl
             f"kc.compress needs the input shape of subclassed model {model.name!r}: pass calibration "
             "data (`dataset=...`) or call the model once before compressing it."
         )
+    if sample is None:
+        sample = _zeros([{"shape": list(spec.shape), "dtype": str(spec.dtype)} for spec in signature])
+    graph, paths = record_graph(model, sample)
+    inputs = _input_layers(planners, graph, paths)
     fresh = dict(_leaves(copy))
     layers, pairs = {}, []
     for path, original in _leaves(model):
@@ -346,8 +476,8 @@ def transform_subclassed(model, wrap_fn, wrap_inputs_fn=None, planners=(), sampl
             pairs += [(o, n, f"{prefix}{p}") for o, n, p in inner_pairs]
         else:
             new = wrap_fn(original, fresh[path], prefix) if wrap_fn is not None else fresh[path]
-            if wrap_inputs_fn is not None:
-                new = wrap_inputs_fn(original, new, prefix)
+            if path in inputs:
+                new = InputsWrapper(new, inputs[path])
         pairs.append((original, new, prefix))
         if new is not fresh[path]:
             layers[path] = new

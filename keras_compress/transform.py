@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import keras
 
-from keras_compress.graph import as_functional, flatten_call_args, fresh_copy, new_inputs, trace_graph
+from keras_compress.graph import as_functional, fresh_copy, new_inputs, replace_call_tensors, trace_graph
 from keras_compress.wrapper import unwrap
 
 __all__ = ["transform_model"]
@@ -92,15 +92,11 @@ def _rebuild(model, wrap_fn, planners, path, pairs):
     def call_function(layer, *args, **kwargs):
         call = graph.calls[counter[0]]
         counter[0] += 1
-        replace = {}
-        for pos, tensor in enumerate(flatten_call_args(args, kwargs)):
-            new = insert(tensor, lambda inserter: inserter.edge((call.index, pos)))
-            if new is not tensor:
-                replace[id(tensor)] = new
-        if replace:
-            swap = lambda x: replace.get(id(x), x) if isinstance(x, keras.KerasTensor) else x  # noqa: E731
-            args = keras.tree.map_structure(swap, list(args))
-            kwargs = keras.tree.map_structure(swap, dict(kwargs))
+        replace = {
+            pos: lambda tensor, pos=pos: insert(tensor, lambda inserter: inserter.edge((call.index, pos)))
+            for pos in range(len(call.inputs))
+        }
+        args, kwargs = replace_call_tensors(args, kwargs, replace)
         return layer(*args, **kwargs)
 
     new_model = keras.models.clone_model(

@@ -3,7 +3,6 @@
 - `quantizers`: `QuantizerSpec` and `Quantizer` (range variables on a host layer, fake-quant ops);
 - `fake_quantize`: `FakeQuantize`, the activation quantizer layer inserted into the graph;
 - `quantize_wrapper`: `QuantizeWrapper`, which fake-quantizes a layer's weights;
-- `input_wrapper`: `InputQuantizeWrapper`, a layer's own input quantizers (subclassed models);
 - `placement`: where activation quantizers go (a pure function of the graph);
 - `range_init`: `RangeCollector` (NNCF's range initializers);
 - `precision`: mixed precision (HAWQ sensitivity, bit budget);
@@ -12,13 +11,11 @@
 
 from keras_compress.quantization.algorithm import QuantizationAlgorithm
 from keras_compress.quantization.fake_quantize import FakeQuantize
-from keras_compress.quantization.input_wrapper import InputQuantizeWrapper
 from keras_compress.quantization.quantize_wrapper import QuantizeWrapper
 from keras_compress.quantization.quantizers import Quantizer, QuantizerSpec
 
 __all__ = [
     "FakeQuantize",
-    "InputQuantizeWrapper",
     "QuantizationAlgorithm",
     "QuantizeWrapper",
     "Quantizer",

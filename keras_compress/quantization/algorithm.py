@@ -13,14 +13,9 @@ from keras_compress.algorithm import CompressionAlgorithm
 from keras_compress.calibration import run_batches
 from keras_compress.compressible import compressible_spec
 from keras_compress.config.scopes import split_precision_scope
-from keras_compress.graph import iter_layers, layers_by_path, node_role
+from keras_compress.graph import iter_layers, layers_by_path
 from keras_compress.quantization.fake_quantize import FakeQuantize
-from keras_compress.quantization.input_wrapper import InputQuantizeWrapper
-from keras_compress.quantization.placement import (
-    AGNOSTIC_ROLES,
-    QUANTIZED_INPUT_ROLES,
-    plan_activation_quantizers,
-)
+from keras_compress.quantization.placement import AGNOSTIC_ROLES, plan_activation_quantizers
 from keras_compress.quantization.precision import (
     assign_bitwidths,
     hutchinson_traces,
@@ -155,36 +150,25 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         }
         return QuantizeWrapper(layer, specs)
 
-    def wrap_inputs(self, original, layer, path):
-        """In a subclassed model: an `InputQuantizeWrapper` around the layers whose inputs a graph
-        would quantize (weight-quantized layers, merges, average pooling), one quantizer per input."""
-        role = node_role(original, num_tensor_inputs=2)
-        if not (self.selects_weights(original, path) or role in QUANTIZED_INPUT_ROLES):
-            return layer
-        names = [original.name, f"{path}{original.name}"]
-        if not self._in_scope(names, self.config.activations):
-            return layer
-        act = self._settings("activations", names)
-        unified = role == "concat" or matches_scope(names, self._unified_scopes())
-        return InputQuantizeWrapper(layer, {"mode": act.mode, "bits": act.bits, "signed": act.signed}, unified)
-
-    def _unified_scopes(self):
-        return [scope for group in self.config.activations.unified_scale_ops or [] for scope in group]
-
     def plan(self, graph, path):
         """The activation quantizers of one (sub)model: see `plan_activation_quantizers`."""
         self.first_layer_ids |= _first_layers(graph)
-        weight_quantized = {id(node.layer) for node in graph.calls if self.selects_weights(node.layer, path)}
+
+        def prefix(node):  # a graph recorded from a subclassed model has a path per node
+            return path if node.prefix is None else node.prefix
+
+        def names(node):
+            return [node.name, f"{prefix(node)}{node.name}"]
+
+        weight_quantized = {id(node.layer) for node in graph.calls if self.selects_weights(node.layer, prefix(node))}
         act = self.config.activations
+        unified_scopes = [scope for group in act.unified_scale_ops or [] for scope in group]
 
-        def is_ignored(name):
-            return not self._in_scope([name, f"{path}{name}"], act)
-
-        unified_scopes = self._unified_scopes()
+        def is_ignored(node):
+            return not self._in_scope(names(node), act)
 
         def is_unified(node):
-            names = [node.name, f"{path}{node.name}"]
-            return node.role == "concat" or matches_scope(names, unified_scopes)
+            return node.role == "concat" or matches_scope(names(node), unified_scopes)
 
         return plan_activation_quantizers(
             graph,

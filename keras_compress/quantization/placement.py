@@ -54,7 +54,7 @@ def plan_activation_quantizers(
     weight_quantized,
     quantize_inputs=True,
     quantize_outputs=False,
-    is_ignored=lambda name: False,
+    is_ignored=lambda node: False,
     is_unified=lambda node: node.role == "concat",
 ):
     """Decides where the activation quantizers of a model go.
@@ -64,7 +64,7 @@ def plan_activation_quantizers(
         weight_quantized: set of ids of the original layers whose weights are quantized.
         quantize_inputs: quantize model inputs (NNCF `quantize_inputs`).
         quantize_outputs: quantize model outputs (NNCF `quantize_outputs`).
-        is_ignored: predicate on a consumer node name: True skips its input quantizers.
+        is_ignored: predicate on a consumer node: True skips its input quantizers.
         is_unified: predicate on a merge node: True makes its inputs share one quantizer.
 
     Returns:
@@ -78,7 +78,7 @@ def plan_activation_quantizers(
         merge = role in ("merge", "concat") and is_unified(call)
         if not (id(call.layer) in weight_quantized or role in QUANTIZED_INPUT_ROLES):
             continue
-        if is_ignored(call.name):
+        if is_ignored(call):
             continue
         for pos, ref in enumerate(call.inputs):
             if not _is_float(graph.dtypes.get(ref)):

@@ -1,0 +1,76 @@
+"""InputsWrapper: layers applied to some input tensors of a layer, then the layer itself.
+
+In a Functional model an algorithm's planned layers (activation quantizers) are inserted on the
+edges of the graph (`transform.transform_model`). A subclassed model has no graph that can be
+rebuilt, so the layers planned for the inputs of one of its layers (on a graph recorded from one
+forward pass, see `keras_compress.subclassed`) are held by a wrapper around that layer instead.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from keras_compress.graph import is_any_tensor, replace_call_tensors
+
+__all__ = ["InputsWrapper"]
+
+
+@keras.saving.register_keras_serializable(package="keras_compress")
+class InputsWrapper(keras.layers.Wrapper):
+    """Applies a layer to each of some input tensors of `layer`, then calls `layer` on the result.
+
+    Args:
+        layer: the wrapped layer.
+        inputs: `{position: layer}`: the layer applied to the tensor at each position, counting the
+            call's tensor arguments in order (positional arguments flattened, then keywords: the
+            order of `graph.flatten_call_args`), or the layer's serialized config.
+        **kwargs: base layer arguments.
+
+    Example:
+        >>> wrapped = InputsWrapper(keras.layers.Add(), {1: keras.layers.Identity()})
+        >>> tuple(wrapped([keras.ops.ones((2, 3)), keras.ops.ones((2, 3))]).shape)
+        (2, 3)
+    """
+
+    def __init__(self, layer, inputs, **kwargs):
+        kwargs.setdefault("name", f"{layer.name}_inputs")
+        super().__init__(layer, **kwargs)
+        items = sorted((int(position), inner) for position, inner in inputs.items())
+        self.positions = [position for position, _ in items]
+        self.input_layers = [
+            inner if isinstance(inner, keras.layers.Layer) else keras.saving.deserialize_keras_object(inner)
+            for _, inner in items
+        ]
+
+    def build(self, input_shape=None):
+        # The wrapped layer and the input layers build on their first call (the wrapped layer may
+        # take several inputs, whose shapes its own `build` knows how to read).
+        self.built = True
+
+    def call(self, inputs, *args, **kwargs):
+        replace = {position: inner for position, inner in zip(self.positions, self.input_layers)}
+        (inputs, *args), kwargs = replace_call_tensors((inputs, *args), kwargs, replace, is_any_tensor)
+        return self.layer(inputs, *args, **kwargs)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def strip(self):
+        """This wrapper around its stripped layer; the input layers stay (they are the INT8 recipe)."""
+        inner = self.layer.strip() if callable(getattr(self.layer, "strip", None)) else self.layer
+        if inner is self.layer:
+            return self
+        return InputsWrapper(inner, dict(zip(self.positions, self.input_layers)), name=self.name)
+
+    def get_config(self):
+        inputs = {
+            str(position): keras.saving.serialize_keras_object(inner)
+            for position, inner in zip(self.positions, self.input_layers)
+        }
+        return {**super().get_config(), "inputs": inputs}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = config.copy()
+        layer = keras.saving.deserialize_keras_object(config.pop("layer"), custom_objects=custom_objects)
+        return cls(layer, **config)
