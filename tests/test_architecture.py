@@ -4,6 +4,7 @@ docs/architecture.md explains the layers; setup.cfg's `[importlinter]` section h
 """
 
 import ast
+import configparser
 import os
 import shutil
 import subprocess
@@ -46,6 +47,16 @@ def test_an_upward_import_breaks_the_layers_contract(tmp_path):
     )  # fmt: skip
     assert result.returncode != 0
     assert "keras_compress.graph -> keras_compress.controller" in result.stdout
+
+
+def test_every_module_and_package_is_in_a_layer_of_the_contract():
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    listed = {name.strip() for row in config["importlinter:contract:layers"]["layers"].split() for name in
+              row.split("|") if name.strip()}  # fmt: skip
+    units = {f"keras_compress.{p.stem}" for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    units |= {f"keras_compress.{p.parent.name}" for p in PACKAGE.glob("*/__init__.py")}
+    assert units - listed == set()
 
 
 def test_every_module_is_under_600_lines():
