@@ -18,6 +18,7 @@ __all__ = [
     "UNCOMPRESSED_BY_DESIGN",
     "compressible_spec",
     "call_with_weights",
+    "weight_channel_axes",
 ]
 
 
@@ -67,9 +68,19 @@ def _depthwise_conv(layer, inputs, w):
     return _convolve(ops.depthwise_conv, layer, inputs, [w["kernel"]], w.get("bias"), channels)
 
 
-def _separable_conv(layer, inputs, w):
+def _separable_conv(layer, inputs, w, between=None):
     kernels = [w["depthwise_kernel"], w["pointwise_kernel"]]
-    return _convolve(ops.separable_conv, layer, inputs, kernels, w.get("bias"), kernels[1].shape[-1])
+    channels = kernels[1].shape[-1]
+    if between is None:
+        return _convolve(ops.separable_conv, layer, inputs, kernels, w.get("bias"), channels)
+    # The depthwise and the pointwise convolution as two ops with `between` applied in the middle
+    # (an activation quantizer, so that OpenVINO runs the pointwise convolution in int8 too).
+    depthwise = ops.depthwise_conv(
+        inputs, kernels[0], strides=layer.strides, padding=layer.padding,
+        dilation_rate=layer.dilation_rate, data_format=layer.data_format,
+    )  # fmt: skip
+    outputs = ops.conv(between(depthwise), kernels[1], strides=1, padding="valid", data_format=layer.data_format)
+    return _activate(layer, _bias_add(layer, outputs, w.get("bias"), channels))
 
 
 def _conv_transpose(layer, inputs, w):
@@ -170,6 +181,32 @@ def compressible_spec(layer):
     return None
 
 
+def weight_channel_axes(layer, attr):
+    """The output-channel axes of one weight of `layer`: an int, or a tuple of axes.
+
+    Most kernels have one output-channel axis (`CompressibleLayerSpec.channel_axes`). An EinsumDense
+    kernel has one per letter of its equation's kernel term that reaches the output: the query
+    projection of MultiHeadAttention, `"abc,cde->abde"`, has a `(C, heads, key_dim)` kernel with
+    output channels on axes (1, 2). OpenVINO's CPU plugin refused (could not compile) such a kernel
+    quantized per channel on one of the two axes; with one range per (head, unit) pair it runs the
+    projection as an int8 FullyConnected (OpenVINO 2026.4).
+
+    Example:
+        >>> layer = keras.layers.EinsumDense("abc,cde->abde", output_shape=(None, 4, 8))
+        >>> weight_channel_axes(layer, "kernel")
+        (1, 2)
+    """
+    spec = compressible_spec(layer)
+    if spec is not None and spec.kind == "einsum_dense" and attr == "kernel":
+        inputs, output = layer.equation.replace(" ", "").split("->")
+        kernel = inputs.split(",")[1]
+        if "." not in kernel:
+            axes = tuple(i for i, letter in enumerate(kernel) if letter in output)
+            if axes:
+                return axes[0] if len(axes) == 1 else axes
+    return spec.channel_axes[attr]
+
+
 #: Why a Lambda layer is listed in `ctrl.statistics().skipped()` (it has no weights to compress,
 #: but its Python function may compute what the user meant to compress).
 LAMBDA_REASON = "Lambda layer: its Python function is left as it is (not quantized or sparsified)"
@@ -189,7 +226,7 @@ def unsupported_reason(layer):
     return f"layer type {type(layer).__name__} is not supported"
 
 
-def call_with_weights(layer, inputs, weights):
+def call_with_weights(layer, inputs, weights, hooks=None):
     """Runs `layer`'s computation on `inputs` with `weights` replacing its own.
 
     Args:
@@ -197,6 +234,9 @@ def call_with_weights(layer, inputs, weights):
         inputs: the layer's input tensor.
         weights: dict from weight attribute name ("kernel", "bias", ...) to tensor.
             Missing entries are read from the layer.
+        hooks: optional functions applied to intermediate tensors of the computation, by name:
+            `"between"` for a separable convolution (on the depthwise output, before the
+            pointwise convolution). Other kinds of layers have no intermediate tensor.
 
     Returns:
         The layer's output tensor.
@@ -205,4 +245,6 @@ def call_with_weights(layer, inputs, weights):
     full = {name: getattr(layer, name) for name in spec.weights}
     full["bias"] = getattr(layer, "bias", None)
     full.update(weights)
+    if hooks and spec.kind == "separable":
+        return spec.call(layer, inputs, full, **hooks)
     return spec.call(layer, inputs, full)

@@ -62,13 +62,19 @@ _LAYER_ROLES = {
     "merge": (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum),
     "concat": (L.Concatenate,),
     "matmul": (L.Dot,),
+    # Projections and two matmuls inside one layer (see keras_compress.quantization.attention).
+    "attention": (L.MultiHeadAttention,),
 }  # fmt: skip
 del L
 #: Class names of keras.ops operations (the objects `x + y` or `keras.ops.relu(x)` leave in a
 #: Functional graph) by role. The classes live in Keras' private modules: they are told by name.
 _OP_ROLES = {
     "identity": ("StopGradient", "Copy"),
-    "reshape": ("Reshape", "Transpose", "ExpandDims", "Squeeze", "MoveAxis", "SwapAxes", "Flatten"),
+    "reshape": (
+        "Reshape", "Transpose", "ExpandDims", "Squeeze", "MoveAxis", "SwapAxes", "Flatten",
+        # Values selected or repeated, none changed (`x[:, 0]`, `keras.ops.slice`, `tile`).
+        "GetItem", "Slice", "Tile", "Repeat", "BroadcastTo",
+    ),
     "activation": (
         "Relu", "Relu6", "Gelu", "Silu", "Sigmoid", "HardSigmoid", "HardSilu", "Tanh", "Elu", "Selu",
         "LeakyRelu", "Softplus", "Softsign", "Mish", "Exp", "Abs", "Square", "Sqrt", "Rsqrt", "Negative",
@@ -84,7 +90,7 @@ _ELEMENTWISE_OPS = frozenset((*_OP_ROLES["merge"], "TrueDivide", "Divide", "Powe
 #: Every role `node_role` returns.
 ROLES = (
     "model", "weights", "identity", "spatial", "average_pool", "channelwise", "reshape", "activation",
-    "softmax", "batchnorm", "normalization", "merge", "concat", "matmul", "other",
+    "softmax", "batchnorm", "normalization", "merge", "concat", "matmul", "attention", "other",
 )  # fmt: skip
 
 
@@ -99,7 +105,8 @@ def node_role(op, num_tensor_inputs=1, scalar_constants=True):
       (ReLU, GELU, `x * 0.5`: one value from one value), "softmax", "batchnorm", "normalization"
       (LayerNormalization and friends);
     - "merge" (elementwise `Add`, `x + y`, `Multiply`...), "concat", "matmul" (`Dot`, `keras.ops.matmul`
-      or `einsum` between two tensors);
+      or `einsum` between two tensors), "attention" (MultiHeadAttention: projections and two matmuls
+      inside one layer);
     - "other": anything else (left alone by the algorithms that do not know it).
 
     Args:

@@ -185,7 +185,15 @@ class WeightsWrapper(keras.layers.Wrapper):
                 loss = wrapper.training_loss()
                 if loss is not None:
                     self.add_loss(loss)
-        return call_with_weights(unwrap(self), inputs, self.effective_weights(training))
+        hooks = {}
+        for wrapper in self._chain()[0]:
+            hooks.update(wrapper.call_hooks())
+        return call_with_weights(unwrap(self), inputs, self.effective_weights(training), hooks)
+
+    def call_hooks(self):
+        """Functions this wrapper applies to intermediate tensors of the layer's computation (see
+        `call_with_weights`); none by default."""
+        return {}
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)

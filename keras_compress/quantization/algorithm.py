@@ -11,7 +11,7 @@ import numpy as np
 
 from keras_compress.algorithm import CompressionAlgorithm
 from keras_compress.calibration import run_batches
-from keras_compress.compressible import compressible_spec
+from keras_compress.compressible import compressible_spec, weight_channel_axes
 from keras_compress.config.scopes import split_precision_scope
 from keras_compress.graph import iter_layers, layers_by_path, node_role
 from keras_compress.quantization.fake_quantize import FakeQuantize
@@ -130,7 +130,9 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         manual = self._manual_bits(self._names(layer, path))
         if manual is not None:
             cfg.bits = manual
-        spec = compressible_spec(layer)
+        axis = weight_channel_axes(layer, attr)
+        if isinstance(axis, tuple) and cfg.mode != "symmetric":
+            axis = axis[-1]  # TensorFlow's per-channel fake-quant op takes one axis
         half = (
             self.config.overflow_fix == "enable"
             or (self.config.overflow_fix == "first_layer_only" and id(layer) in self.first_layer_ids)
@@ -140,7 +142,7 @@ class QuantizationAlgorithm(CompressionAlgorithm):
             bits=cfg.bits,
             signed=True if cfg.signed is None else cfg.signed,
             per_channel=cfg.per_channel,
-            axis=spec.channel_axes[attr],
+            axis=axis,
             narrow_range=cfg.mode == "symmetric",
             half_range=half,
         )
@@ -150,10 +152,15 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         """Wraps `layer` (the fresh copy of `original`) in a `QuantizeWrapper` when selected."""
         if not self.selects_weights(original, path):
             return layer
-        specs = {
-            attr: self._weight_spec(original, attr, path) for attr in compressible_spec(original).weights
-        }
-        return QuantizeWrapper(layer, specs)
+        spec = compressible_spec(original)
+        specs = {attr: self._weight_spec(original, attr, path) for attr in spec.weights}
+        between = None
+        if spec.kind == "separable":
+            names = self._names(original, path)
+            if self._in_scope(names, self.config.activations):
+                act = self._settings("activations", names)
+                between = {"mode": act.mode, "bits": act.bits, "signed": act.signed}
+        return QuantizeWrapper(layer, specs, between_quantizer=between)
 
     def wrap_inputs(self, original, layer, path):
         """In a subclassed model: an `InputQuantizeWrapper` around the layers whose inputs a graph
@@ -201,7 +208,9 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         names = [name, name.rsplit("_quantizer", 1)[0]]
         act = self._settings("activations", names)
         bits = self._manual_bits(names, "activations") or act.bits
-        return FakeQuantize(mode=act.mode, bits=bits, signed=act.signed, name=name)
+        # The second input of a matmul must be signed for OpenVINO to run it in int8 (placement.py).
+        signed = True if key in plan.signed and act.signed is None else act.signed
+        return FakeQuantize(mode=act.mode, bits=bits, signed=signed, name=name)
 
     # ----------------------------------------------------------------- initialization
     def activation_quantizers(self, model):

@@ -6,7 +6,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_compress.quantization.quantizers import Quantizer, QuantizerSpec
+from keras_compress.quantization.fake_quantize import FakeQuantize
+from keras_compress.quantization.quantizers import Quantizer, QuantizerSpec, reduction_axes
 from keras_compress.wrapper import WeightsWrapper, unwrap
 
 __all__ = ["QuantizeWrapper"]
@@ -24,6 +25,11 @@ class QuantizeWrapper(WeightsWrapper):
             Dense, EinsumDense), or a `WeightsWrapper` around one.
         weight_quantizers: dict from weight attribute ("kernel", "depthwise_kernel", ...) to a
             `QuantizerSpec` or its config dict.
+        between_quantizer: for a separable convolution, `FakeQuantize` arguments (`mode`, `bits`,
+            `signed`) of an activation quantizer on the depthwise output, before the pointwise
+            convolution; None for none. Without it OpenVINO runs the pointwise convolution in
+            float: with it, every Convolution of Xception ran u8 and the INT8 IR ran 3.4x faster
+            (48 ms vs 166 ms at 299x299, batch 1, f32 hint; NNCF PTQ 44 ms, on this 2-core machine).
         **kwargs: base layer arguments.
 
     Example:
@@ -34,8 +40,15 @@ class QuantizeWrapper(WeightsWrapper):
         (2, 4)
     """
 
-    def __init__(self, layer, weight_quantizers, **kwargs):
+    def __init__(self, layer, weight_quantizers, between_quantizer=None, **kwargs):
         super().__init__(layer, **kwargs)
+        if between_quantizer is not None and self.spec.kind != "separable":
+            raise ValueError(
+                "`between_quantizer` is for separable convolutions. Received: a "
+                f"{unwrap(layer).__class__.__name__} with between_quantizer={between_quantizer}"
+            )
+        self.between_quantizer = None if between_quantizer is None else dict(between_quantizer)
+        self.pointwise_input_quantizer = None
         self.quantizers = {
             attr: Quantizer(spec if isinstance(spec, QuantizerSpec) else QuantizerSpec(**spec))
             for attr, spec in weight_quantizers.items()
@@ -48,6 +61,11 @@ class QuantizeWrapper(WeightsWrapper):
             )
 
     def build_wrapper(self, input_shape):
+        if self.between_quantizer is not None:
+            self.pointwise_input_quantizer = FakeQuantize(
+                **self.between_quantizer, name=f"{self.name}_pointwise_input_quantizer"
+            )
+            self.pointwise_input_quantizer.build()
         base = unwrap(self)
         for attr, quantizer in self.quantizers.items():
             quantizer.build(self, name=attr, weight_shape=getattr(base, attr).shape)
@@ -62,11 +80,15 @@ class QuantizeWrapper(WeightsWrapper):
         for attr, quantizer in self.quantizers.items():
             w = ops.convert_to_numpy(getattr(base, attr))
             if quantizer.spec.per_channel:
-                axis = quantizer.spec.axis % w.ndim
-                reduce = tuple(i for i in range(w.ndim) if i != axis)
-                quantizer.set_range(w.min(axis=reduce), w.max(axis=reduce))
+                reduce = reduction_axes(quantizer.spec.axis, w.ndim)
+                quantizer.set_range(w.min(axis=reduce, keepdims=True), w.max(axis=reduce, keepdims=True))
             else:
                 quantizer.set_range(w.min(), w.max())
+
+    def call_hooks(self):
+        if self.pointwise_input_quantizer is None:
+            return {}
+        return {"between": self.pointwise_input_quantizer}
 
     def transform_weights(self, weights, training=None):
         weights = dict(weights)
@@ -95,6 +117,7 @@ class QuantizeWrapper(WeightsWrapper):
 
     def get_config(self):
         config = {
-            "weight_quantizers": {a: q.spec.to_config() for a, q in self.quantizers.items()}
+            "weight_quantizers": {a: q.spec.to_config() for a, q in self.quantizers.items()},
+            "between_quantizer": self.between_quantizer,
         }
         return {**super().get_config(), **config}

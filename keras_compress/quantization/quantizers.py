@@ -19,6 +19,7 @@ __all__ = [
     "symmetric_range",
     "asymmetric_range",
     "fake_quantize",
+    "reduction_axes",
 ]
 
 _EPS = 1e-7
@@ -34,7 +35,8 @@ class QuantizerSpec:
         bits: bit width, 2 to 8.
         signed: True or False to force signedness, None to decide it from data at range init.
         per_channel: one range per channel along `axis` instead of one per tensor.
-        axis: the channel axis (per-channel only).
+        axis: the channel axis, or a tuple of axes (per-channel only): an EinsumDense kernel
+            `(C, heads, key_dim)` has one range per output unit, on axes (1, 2).
         narrow_range: use 2**bits - 1 levels (symmetric weights: -127..127 for 8 bits).
         half_range: quantize to bits - 1 during training (NNCF's overflow fix for CPUs without
             VNNI); `apply_overflow_fix` turns it into a full-width quantizer with the same grid.
@@ -57,6 +59,13 @@ class QuantizerSpec:
             raise ValueError(f"`bits` must be between 2 and 8. Received: bits={self.bits}")
         if self.per_channel and self.axis is None:
             raise ValueError("A per-channel quantizer needs `axis`. Received: axis=None")
+        if isinstance(self.axis, (list, tuple)):
+            self.axis = int(self.axis[0]) if len(self.axis) == 1 else tuple(int(a) for a in self.axis)
+            if isinstance(self.axis, tuple) and self.mode != "symmetric":
+                raise ValueError(
+                    "Several channel axes need a symmetric quantizer (TensorFlow's per-channel "
+                    f"fake-quant op takes one axis). Received: mode={self.mode!r}, axis={self.axis}"
+                )
 
     @property
     def train_bits(self):
@@ -64,7 +73,21 @@ class QuantizerSpec:
         return self.bits - 1 if self.half_range else self.bits
 
     def to_config(self):
-        return dataclasses.asdict(self)
+        config = dataclasses.asdict(self)
+        if isinstance(self.axis, tuple):
+            config["axis"] = list(self.axis)
+        return config
+
+
+def reduction_axes(axis, ndim):
+    """The axes a per-channel statistic reduces over: all but the channel `axis` (an int or a tuple).
+
+    Example:
+        >>> reduction_axes((1, 2), 3), reduction_axes(-1, 4)
+        ((0,), (0, 1, 2))
+    """
+    channels = {a % ndim for a in (axis if isinstance(axis, (list, tuple)) else (axis,))}
+    return tuple(i for i in range(ndim) if i not in channels)
 
 
 def symmetric_range(scale, signed, bits, narrow_range):
@@ -138,9 +161,8 @@ class Quantizer:
         """
         shape = ()
         if self.spec.per_channel:
-            shape = [1] * len(weight_shape)
-            shape[self.spec.axis] = int(weight_shape[self.spec.axis])
-            shape = tuple(shape)
+            reduced = reduction_axes(self.spec.axis, len(weight_shape))
+            shape = tuple(1 if i in reduced else int(d) for i, d in enumerate(weight_shape))
         add = lambda n, value, trainable=True: layer.add_weight(  # noqa: E731
             name=f"{name}_{n}",
             shape=shape if n != "signed" else (),
