@@ -44,6 +44,7 @@ _PUBLIC = {
     "compress": "keras_compress.controller",
     "export": "keras_compress.export",
     "FilterPruningWrapper": "keras_compress.pruning",
+    "AttentionQuantizeWrapper": "keras_compress.quantization",
     "FakeQuantize": "keras_compress.quantization",
     "InputQuantizeWrapper": "keras_compress.quantization",
     "QuantizeWrapper": "keras_compress.quantization",
@@ -56,6 +57,7 @@ _PUBLIC = {
 }
 
 __all__ = [
+    "AttentionQuantizeWrapper",
     "CompressedModel",
     "CompressionConfig",
     "CompressionController",
@@ -95,7 +97,12 @@ if os.environ.get(LIGHT_IMPORT_ENV) != "1":
     from keras_compress.controller import CompressionController, compress
     from keras_compress.export import export
     from keras_compress.pruning import FilterPruningWrapper
-    from keras_compress.quantization import FakeQuantize, InputQuantizeWrapper, QuantizeWrapper
+    from keras_compress.quantization import (
+        AttentionQuantizeWrapper,
+        FakeQuantize,
+        InputQuantizeWrapper,
+        QuantizeWrapper,
+    )
     from keras_compress.sparsity import MagnitudeSparsityWrapper, MovementSparsityWrapper, RBSparsityWrapper
     from keras_compress.statistics import CompressionStatistics
     from keras_compress.subclassed import CompressedModel

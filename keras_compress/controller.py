@@ -222,7 +222,8 @@ def compress(
     for path, message in unmatched_quantizer_scopes(compressed, cfg, quantizer_paths):
         logger.warning("%s: %s", path, message)
     controller = CompressionController(compressed, cfg, algorithms, pairs, original_model=original)
-    if algorithms and not any(isinstance(layer, WeightsWrapper) for layer in iter_layers(compressed)):
+    weight_layers = (WeightsWrapper, *(t for a in algorithms for t in a.weight_layer_types))
+    if algorithms and not any(isinstance(layer, weight_layers) for layer in iter_layers(compressed)):
         skipped = controller.statistics().skipped()
         quantizers = any(isinstance(layer, FakeQuantize) for layer in iter_layers(compressed))
         logger.warning(

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from keras_compress.compressible import call_with_weights, compressible_spec
 
-__all__ = ["PROGRESS_VARIABLES", "WeightsWrapper", "exported_entries", "unwrap"]
+__all__ = ["PROGRESS_VARIABLES", "WeightsWrapper", "exported_entries", "innermost", "unwrap"]
 
 logger = logging.getLogger("keras_compress")
 
@@ -24,6 +24,14 @@ _WARNED_GRAPHS = weakref.WeakSet()
 def unwrap(layer):
     """Returns the innermost layer under a stack of `WeightsWrapper`s."""
     while isinstance(layer, WeightsWrapper):
+        layer = layer.layer
+    return layer
+
+
+def innermost(layer):
+    """The user's layer inside any stack of keras_compress wrappers (weight wrappers, input
+    quantizers, the attention wrapper)."""
+    while isinstance(layer, keras.layers.Wrapper) and type(layer).__module__.startswith("keras_compress."):
         layer = layer.layer
     return layer
 

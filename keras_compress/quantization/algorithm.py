@@ -14,11 +14,13 @@ from keras_compress.calibration import run_batches
 from keras_compress.compressible import compressible_spec, weight_channel_axes
 from keras_compress.config.scopes import split_precision_scope
 from keras_compress.graph import iter_layers, layers_by_path, node_role
+from keras_compress.quantization.attention import PROJECTIONS, AttentionQuantizeWrapper, projection_layers
 from keras_compress.quantization.fake_quantize import FakeQuantize
 from keras_compress.quantization.input_wrapper import InputQuantizeWrapper
 from keras_compress.quantization.placement import (
     AGNOSTIC_ROLES,
     QUANTIZED_INPUT_ROLES,
+    SELF_QUANTIZED_ROLES,
     plan_activation_quantizers,
 )
 from keras_compress.quantization.precision import (
@@ -31,14 +33,13 @@ from keras_compress.quantization.quantize_wrapper import QuantizeWrapper
 from keras_compress.quantization.quantizers import QuantizerSpec
 from keras_compress.quantization.range_init import RangeCollector
 from keras_compress.selection import LayerSelection, in_scope, matches_scope
-from keras_compress.wrapper import unwrap
 
 __all__ = ["QuantizationAlgorithm"]
 
 logger = logging.getLogger("keras_compress")
 
 #: Kinds of compressible layers whose weights are quantized (embeddings are not).
-WEIGHT_KINDS = ("conv", "depthwise", "separable", "conv_transpose", "dense", "einsum_dense")
+WEIGHT_KINDS = ("conv", "depthwise", "separable", "conv_transpose", "dense", "einsum_dense", "attention")
 
 
 class QuantizationAlgorithm(CompressionAlgorithm):
@@ -50,7 +51,8 @@ class QuantizationAlgorithm(CompressionAlgorithm):
     """
 
     name = "quantization"
-    layer_types = (QuantizeWrapper, FakeQuantize)
+    layer_types = (QuantizeWrapper, AttentionQuantizeWrapper, FakeQuantize)
+    weight_layer_types = (AttentionQuantizeWrapper,)
 
     def __init__(self, config, target_device="ANY"):
         super().__init__(config, target_device)
@@ -125,27 +127,33 @@ class QuantizationAlgorithm(CompressionAlgorithm):
                 len(unused), "y" if len(unused) == 1 else "ies", model.name, ", ".join(unused),
             )
 
-    def _weight_spec(self, layer, attr, path=""):
+    def _weight_settings(self, layer, path=""):
+        """The weight quantizer settings of `layer` as `QuantizerSpec` arguments, without `axis`."""
         cfg = self._settings("weights", self._names(layer, path))
         manual = self._manual_bits(self._names(layer, path))
         if manual is not None:
             cfg.bits = manual
-        axis = weight_channel_axes(layer, attr)
-        if isinstance(axis, tuple) and cfg.mode != "symmetric":
-            axis = axis[-1]  # TensorFlow's per-channel fake-quant op takes one axis
         half = (
             self.config.overflow_fix == "enable"
             or (self.config.overflow_fix == "first_layer_only" and id(layer) in self.first_layer_ids)
         ) and cfg.bits == 8 and self.target_device in ("ANY", "CPU")
-        return QuantizerSpec(
-            mode=cfg.mode,
-            bits=cfg.bits,
-            signed=True if cfg.signed is None else cfg.signed,
-            per_channel=cfg.per_channel,
-            axis=axis,
-            narrow_range=cfg.mode == "symmetric",
-            half_range=half,
-        )
+        return {
+            "mode": cfg.mode,
+            "bits": cfg.bits,
+            "signed": True if cfg.signed is None else cfg.signed,
+            "per_channel": cfg.per_channel,
+            "narrow_range": cfg.mode == "symmetric",
+            "half_range": half,
+        }
+
+    def _weight_spec(self, layer, attr, path=""):
+        settings = self._weight_settings(layer, path)
+        axis = weight_channel_axes(layer, attr) if settings["per_channel"] else None
+        if isinstance(axis, tuple) and settings["mode"] != "symmetric":
+            # TensorFlow's per-channel fake-quant op takes one axis, and OpenVINO did not compile
+            # an EinsumDense kernel quantized per channel on one of its output axes: per tensor.
+            settings["per_channel"], axis = False, None
+        return QuantizerSpec(**settings, axis=axis)
 
     # ----------------------------------------------------------------- transform hooks
     def wrap(self, original, layer, path):
@@ -153,6 +161,8 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         if not self.selects_weights(original, path):
             return layer
         spec = compressible_spec(original)
+        if spec.kind == "attention":
+            return self._wrap_attention(original, layer, path)
         specs = {attr: self._weight_spec(original, attr, path) for attr in spec.weights}
         between = None
         if spec.kind == "separable":
@@ -162,10 +172,24 @@ class QuantizationAlgorithm(CompressionAlgorithm):
                 between = {"mode": act.mode, "bits": act.bits, "signed": act.signed}
         return QuantizeWrapper(layer, specs, between_quantizer=between)
 
+    def _wrap_attention(self, original, layer, path):
+        """An `AttentionQuantizeWrapper` around a MultiHeadAttention: one weight spec per projection
+        (each kernel's channel axes are found when the wrapper is built) and its activation quantizers."""
+        settings = self._weight_settings(original, path)
+        specs = {name: dict(settings) for name in PROJECTIONS}
+        names = self._names(original, path)
+        activations = None
+        if self._in_scope(names, self.config.activations):
+            act = self._settings("activations", names)
+            activations = {"mode": act.mode, "bits": act.bits, "signed": act.signed}
+        return AttentionQuantizeWrapper(layer, specs, activations)
+
     def wrap_inputs(self, original, layer, path):
         """In a subclassed model: an `InputQuantizeWrapper` around the layers whose inputs a graph
         would quantize (weight-quantized layers, merges, average pooling), one quantizer per input."""
         role = node_role(original, num_tensor_inputs=2)
+        if role in SELF_QUANTIZED_ROLES:
+            return layer
         if not (self.selects_weights(original, path) or role in QUANTIZED_INPUT_ROLES):
             return layer
         names = [original.name, f"{path}{original.name}"]
@@ -217,7 +241,8 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         return [layer for layer in iter_layers(model) if isinstance(layer, FakeQuantize)]
 
     def weight_wrappers(self, model):
-        return [layer for layer in iter_layers(model) if isinstance(layer, QuantizeWrapper)]
+        """The layers holding weight quantizers (`QuantizeWrapper`, `AttentionQuantizeWrapper`)."""
+        return [layer for layer in iter_layers(model) if isinstance(layer, (QuantizeWrapper, AttentionQuantizeWrapper))]
 
     def num_init_samples(self):
         return max((c.num_init_samples for c in _range_configs(self.config)), default=0)
@@ -255,13 +280,18 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         originals = layers_by_path(original_model)
         kernels, axes, owners = {}, {}, {}
         for path, layer in layers_by_path(model).items():
-            while not isinstance(layer, QuantizeWrapper) and isinstance(layer, keras.layers.Wrapper):
+            quantizing = (QuantizeWrapper, AttentionQuantizeWrapper)
+            while not isinstance(layer, quantizing) and isinstance(layer, keras.layers.Wrapper):
                 layer = layer.layer
-            if not isinstance(layer, QuantizeWrapper) or path not in originals:
+            if not isinstance(layer, quantizing) or path not in originals:
                 continue
+            original = originals[path]
             for attr, quantizer in layer.quantizers.items():
                 name = f"{path}/{attr}"
-                kernels[name] = getattr(originals[path], attr)
+                if isinstance(layer, AttentionQuantizeWrapper):
+                    kernels[name] = projection_layers(original)[attr].kernel
+                else:
+                    kernels[name] = getattr(original, attr)
                 axes[name] = quantizer.spec.axis if quantizer.spec.axis is not None else -1
                 owners[name] = (layer, attr)
         data, seen = [], 0
@@ -367,7 +397,7 @@ class QuantizationAlgorithm(CompressionAlgorithm):
             )
         per_channel = sum(1 for r in weight_rows if r[4] == "per-channel")
         sizes = [
-            int(np.prod(getattr(unwrap(w), a).shape)) for w in self.weight_wrappers(model) for a in w.quantizers
+            int(np.prod(v.shape)) for w in self.weight_wrappers(model) for v in w.quantized_weights().values()
         ]
         figures = {
             "weight_quantizers": len(weight_rows),

@@ -178,8 +178,8 @@ def _merges_read_in_int8(graph, weight_quantized, is_unified):
     """Indices of the merge calls whose result is read by a layer that quantizes its inputs.
 
     A merge's result is followed through activations, BatchNormalization and precision-preserving
-    layers to its readers: a weight-quantized layer, average pooling, a concatenation, a matmul, a
-    layer that quantizes its own inputs, or another merge read in int8. A merge asked to have a
+    layers to its readers: a weight-quantized layer, average pooling, a concatenation, a matmul, or
+    another merge read in int8 (not a layer that quantizes its own inputs: it reads the float tensor). A merge asked to have a
     unified input scale (`is_unified`) counts as read in int8.
     """
     found = set()
@@ -188,11 +188,8 @@ def _merges_read_in_int8(graph, weight_quantized, is_unified):
         role = call.role
         if role == "merge":
             return call.index in found
-        return (
-            id(call.layer) in weight_quantized
-            or role in QUANTIZED_INPUT_ROLES
-            or role in SELF_QUANTIZED_ROLES
-        )
+        # A layer that quantizes its own inputs (attention) reads the float tensor.
+        return role not in SELF_QUANTIZED_ROLES and (id(call.layer) in weight_quantized or role in QUANTIZED_INPUT_ROLES)
 
     def read(refs, seen):
         for ref in refs:

@@ -74,6 +74,11 @@ class QuantizeWrapper(WeightsWrapper):
         with tf.init_scope():
             self.initialize_ranges_from_weights()
 
+    def quantized_weights(self):
+        """`{weight name: variable}` of the weights the quantizers act on."""
+        base = unwrap(self)
+        return {attr: getattr(base, attr) for attr in self.quantizers}
+
     def initialize_ranges_from_weights(self):
         """Sets each weight quantizer's range to the min/max of the current weights."""
         base = unwrap(self)
