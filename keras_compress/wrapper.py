@@ -95,14 +95,17 @@ class WeightsWrapper(keras.layers.Wrapper):
 
     #: Whether the compression level of this kind of wrapper follows a schedule.
     scheduled = False
+    #: Whether the wrapper holds the progress counters (not in an inference model's frozen wrappers).
+    tracks_progress = True
 
     def build(self, input_shape=None):
         self.input_shape_at_build = input_shape
         if not self.layer.built:
             self.layer.build(input_shape)
-        for name in PROGRESS_VARIABLES:
-            setattr(self, name, self.add_weight(name=name, shape=(), initializer="zeros",
-                                                trainable=False, dtype="float32"))  # fmt: skip
+        if self.tracks_progress:
+            for name in PROGRESS_VARIABLES:
+                setattr(self, name, self.add_weight(name=name, shape=(), initializer="zeros",
+                                                    trainable=False, dtype="float32"))  # fmt: skip
         self.build_wrapper(input_shape)
         self.built = True
 

@@ -14,9 +14,9 @@ __all__ = ["strip_layer", "strip_model"]
 def strip_model(model, algorithms=()):
     """Returns an inference copy of `model` with training-only state resolved.
 
-    Every keras_compress wrapper is replaced by what its `strip()` returns (quantization wrappers
-    stay, with NNCF's overflow fix applied; sparsity wrappers fold their masks into the weights
-    and disappear); then each algorithm's model-level `strip(model)` runs (filter pruning
+    Every keras_compress wrapper and activation quantizer is replaced by what its `strip()` returns
+    (quantizers stay, with NNCF's overflow fix applied and their ranges frozen into constants;
+    sparsity wrappers fold their masks into the weights and disappear); then each algorithm's model-level `strip(model)` runs (filter pruning
     removes the pruned filters). `model` itself is not changed.
 
     Args:
@@ -44,9 +44,9 @@ def strip_model(model, algorithms=()):
 
 
 def _strip_wrapper(layer):
-    """A keras_compress wrapper's `strip()` (weight wrappers, the attention wrapper); other layers as they are."""
+    """A keras_compress layer's `strip()` (wrappers, activation quantizers); other layers as they are."""
     strip = getattr(layer, "strip", None)
-    if isinstance(layer, keras.layers.Wrapper) and type(layer).__module__.startswith("keras_compress.") and callable(strip):
+    if type(layer).__module__.startswith("keras_compress.") and not isinstance(layer, keras.Model) and callable(strip):
         return strip()
     return layer
 

@@ -64,6 +64,7 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         self.precision_rows = []  # [layer, parameters, sensitivity, bits] after mixed precision
         self.manual_used = set()  # indices of the `bitwidth_per_scope` entries that set some quantizer's bits
         self.precision_budget = None
+        self.float_operations = {}  # keras.ops class name -> paths of the operations left in float
         if config.activations.per_channel:
             logger.warning(
                 "quantization.activations.per_channel is not supported: activations are "
@@ -205,6 +206,9 @@ class QuantizationAlgorithm(CompressionAlgorithm):
     def plan(self, graph, path):
         """The activation quantizers of one (sub)model: see `plan_activation_quantizers`."""
         self.first_layer_ids |= _first_layers(graph)
+        for node in graph.calls:
+            if node.role == "other" and not isinstance(node.layer, keras.layers.Layer):
+                self.float_operations.setdefault(type(node.layer).__name__, []).append(f"{path}{node.name}")
         weight_quantized = {id(node.layer) for node in graph.calls if self.selects_weights(node.layer, path)}
         act = self.config.activations
 
@@ -415,12 +419,18 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         }
         if self.precision_budget is not None:
             figures["bits_budget"] = float(self.precision_budget)
+        skipped = dict(self.skipped)
+        for kind, paths in sorted(self.float_operations.items()):
+            listed = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+            skipped[f"operations {kind} ({len(paths)}: {listed})"] = (
+                "no quantization rule for this operation: it runs in float (quantizers are placed around it)"
+            )
         return {
             "figures": figures,
             "weights": (["layer", "weight", "bits", "mode", "granularity", "range"], weight_rows),
             "activations": (["quantizer", "bits", "mode", "sign", "range"], activation_rows),
             "mixed precision": (["weight", "parameters", "sensitivity", "bits"], self.precision_rows),
-            "skipped": dict(self.skipped),
+            "skipped": skipped,
         }
 
 

@@ -114,6 +114,8 @@ class AttentionQuantizeWrapper(keras.layers.Wrapper):
             kernel.
         activation_quantizer: `FakeQuantize` arguments (`mode`, `bits`, `signed`) of the activation
             quantizers, or None to quantize only the weights.
+        frozen_ranges: `{"weights": {projection: Quantizer.frozen()}, "activations": {name: ...}}`:
+            constant ranges, no variables (the wrapper of an inference model, see `strip`).
         **kwargs: base layer arguments.
 
     Example:
@@ -128,7 +130,7 @@ class AttentionQuantizeWrapper(keras.layers.Wrapper):
     #: What the layer is to the graph analysis (`keras_compress.graph.node_role`).
     compression_role = "attention"
 
-    def __init__(self, layer, weight_quantizers, activation_quantizer=None, **kwargs):
+    def __init__(self, layer, weight_quantizers, activation_quantizer=None, frozen_ranges=None, **kwargs):
         kwargs.setdefault("name", layer.name)
         super().__init__(layer, **kwargs)
         if not isinstance(layer, keras.layers.MultiHeadAttention):
@@ -148,11 +150,13 @@ class AttentionQuantizeWrapper(keras.layers.Wrapper):
             for name, spec in weight_quantizers.items()
         }
         self.activation_quantizer = None if activation_quantizer is None else dict(activation_quantizer)
+        self.frozen_ranges = frozen_ranges
         self.quantizers = {}
         self.supports_masking = True
 
     # ----------------------------------------------------------------- build
     def build(self, query_shape, value_shape, key_shape=None):
+        self.build_shapes = (query_shape, value_shape, key_shape)
         if not self.layer.built:
             self.layer.build(query_shape, value_shape, key_shape)
         projections = projection_layers(self.layer)
@@ -161,7 +165,8 @@ class AttentionQuantizeWrapper(keras.layers.Wrapper):
             if config.get("per_channel") and config.get("axis") is None:
                 config["axis"] = weight_channel_axes(projections[name], "kernel")
             quantizer = Quantizer(QuantizerSpec(**config))
-            quantizer.build(self, name=f"{name}_kernel", weight_shape=projections[name].kernel.shape)
+            constants = None if self.frozen_ranges is None else self.frozen_ranges["weights"][name]
+            quantizer.build(self, name=f"{name}_kernel", weight_shape=projections[name].kernel.shape, constants=constants)
             self.quantizers[name] = quantizer
         config = self.layer.get_config()
         self.key_dim = int(config["key_dim"])
@@ -170,6 +175,12 @@ class AttentionQuantizeWrapper(keras.layers.Wrapper):
         axes = tuple(range(1, rank - 2)) if axes is None else tuple(a if a >= 0 else rank - 1 + a for a in axes)
         self.attention_axes = axes
         self.dot_equation, self.combine_equation, scores_rank = attention_equations(rank, axes)
+        # One attention axis (`(B, T, heads, key_dim)` tensors): the query first, in the layout of
+        # `keras.ops.dot_product_attention`. TensorFlow then emits MatMul(transpose_b) -> Softmax ->
+        # MatMul, which OpenVINO's CPU plugin fuses into one int8 MHA kernel (see the module doc).
+        self.query_first = rank == 4 and axes == (1,)
+        if self.query_first:
+            self.dot_equation, self.combine_equation = "btnh,bsnh->bnts", "bnts,bsnh->btnh"
         self.softmax = keras.layers.Softmax(axis=tuple(range(scores_rank - len(axes), scores_rank)))
         self.dropout = keras.layers.Dropout(config.get("dropout", 0.0), seed=config.get("seed"))
         self.activation_quantizers = {}
@@ -180,14 +191,18 @@ class AttentionQuantizeWrapper(keras.layers.Wrapper):
                 settings = dict(self.activation_quantizer)
                 if sign is not None and settings.get("signed") is None:
                     settings["signed"] = sign
+                if self.frozen_ranges is not None:
+                    settings["frozen_range"] = self.frozen_ranges["activations"][name]
                 fq = FakeQuantize(**settings, name=f"{self.name}_{name}_quantizer")
                 fq.build()
                 self.activation_quantizers[name] = fq
+        self.built = True
+        if self.frozen_ranges is not None:
+            return
         # Layers with no build() of their own around this one build it by tracing its call in a
         # graph; the weight ranges are set from the weights' values outside of it.
         with tf.init_scope():
             self.initialize_ranges_from_weights()
-        self.built = True
 
     def _quantize(self, name, x):
         fq = self.activation_quantizers.get(name)
@@ -219,9 +234,21 @@ class AttentionQuantizeWrapper(keras.layers.Wrapper):
                 quantizer.apply_overflow_fix()
 
     def strip(self):
-        """Applies the overflow fix; the wrapper stays (its fake-quant ops are the INT8 recipe)."""
+        """The wrapper of an inference model: the overflow fix applied and every range frozen into a
+        constant (the fake-quant ops stay: they are the INT8 recipe; see `FakeQuantize.strip`)."""
+        if self.frozen_ranges is not None:
+            return self
         self.apply_overflow_fix()
-        return self
+        frozen = {
+            "weights": {name: q.frozen() for name, q in self.quantizers.items()},
+            "activations": {name: fq.quantizer.frozen() for name, fq in self.activation_quantizers.items()},
+        }
+        specs = {name: q.spec.to_config() for name, q in self.quantizers.items()}
+        new = AttentionQuantizeWrapper(
+            self.layer, specs, self.activation_quantizer, frozen_ranges=frozen, name=self.name
+        )
+        new.build(*self.build_shapes)
+        return new
 
     # ----------------------------------------------------------------- call
     def _project(self, name, x):
@@ -273,7 +300,8 @@ class AttentionQuantizeWrapper(keras.layers.Wrapper):
         k = self._project("key", key_input)
         v = self._project("value", value_input)
         q = ops.multiply(q, ops.cast(1.0 / math.sqrt(float(self.key_dim)), q.dtype))
-        scores = ops.einsum(self.dot_equation, self._quantize("key", k), self._quantize("query", q))
+        k, q = self._quantize("key", k), self._quantize("query", q)
+        scores = ops.einsum(self.dot_equation, q, k) if self.query_first else ops.einsum(self.dot_equation, k, q)
         if mask is not None:
             expand = -len(self.attention_axes) * 2 - 1
             for _ in range(len(scores.shape) - len(mask.shape)):
@@ -292,7 +320,11 @@ class AttentionQuantizeWrapper(keras.layers.Wrapper):
     # ----------------------------------------------------------------- config
     def get_config(self):
         specs = {name: q.spec.to_config() for name, q in self.quantizers.items()} or self.weight_specs
-        config = {"weight_quantizers": specs, "activation_quantizer": self.activation_quantizer}
+        config = {
+            "weight_quantizers": specs,
+            "activation_quantizer": self.activation_quantizer,
+            "frozen_ranges": self.frozen_ranges,
+        }
         return {**super().get_config(), **config}
 
     @classmethod

@@ -33,6 +33,8 @@ class InputQuantizeWrapper(keras.layers.Wrapper):
         layer: the layer whose inputs to quantize (possibly a `QuantizeWrapper`).
         quantizer: `FakeQuantize` arguments (`mode`, `bits`, `signed`).
         unified: one quantizer (one range) for all input tensors.
+        frozen_ranges: one `Quantizer.frozen()` per input quantizer: constant ranges, no variables
+            (the wrapper of an inference model, see `strip`).
         **kwargs: base layer arguments.
 
     Example:
@@ -41,18 +43,25 @@ class InputQuantizeWrapper(keras.layers.Wrapper):
         (2, 4)
     """
 
-    def __init__(self, layer, quantizer=None, unified=False, **kwargs):
+    def __init__(self, layer, quantizer=None, unified=False, frozen_ranges=None, **kwargs):
         kwargs.setdefault("name", f"{layer.name}_inputs")
         super().__init__(layer, **kwargs)
         self.quantizer = dict(quantizer or {})
         self.unified = bool(unified)
+        self.frozen_ranges = None if frozen_ranges is None else list(frozen_ranges)
         self.input_quantizers = []
 
     def build(self, input_shape=None):
         count = 1 if self.unified else _num_inputs(input_shape)
+        if self.frozen_ranges is not None:
+            count = len(self.frozen_ranges)
         base = self.layer.name
         self.input_quantizers = [
-            FakeQuantize(**self.quantizer, name=f"{base}_input_quantizer" + (f"_{i}" if count > 1 else ""))
+            FakeQuantize(
+                **self.quantizer,
+                frozen_range=None if self.frozen_ranges is None else self.frozen_ranges[i],
+                name=f"{base}_input_quantizer" + (f"_{i}" if count > 1 else ""),
+            )
             for i in range(count)
         ]
         for quantizer in self.input_quantizers:
@@ -73,17 +82,23 @@ class InputQuantizeWrapper(keras.layers.Wrapper):
         return self.layer.compute_output_shape(input_shape)
 
     def strip(self):
-        """The wrapper around its stripped layer (the quantizers stay: they are the INT8 recipe)."""
+        """The wrapper of an inference model around its stripped layer: the input quantizers stay (they
+        are the INT8 recipe), with their ranges frozen into constants."""
         inner = self.layer.strip() if hasattr(self.layer, "strip") else self.layer
-        if inner is self.layer:
+        if inner is self.layer and self.frozen_ranges is not None:
             return self
-        new = InputQuantizeWrapper(inner, self.quantizer, self.unified, name=self.name)
-        new.input_quantizers = self.input_quantizers
-        new.built = True
+        frozen = self.frozen_ranges or [q.quantizer.frozen() for q in self.input_quantizers]
+        new = InputQuantizeWrapper(inner, self.quantizer, self.unified, frozen_ranges=frozen, name=self.name)
+        new.build()
         return new
 
     def get_config(self):
-        return {**super().get_config(), "quantizer": self.quantizer, "unified": self.unified}
+        return {
+            **super().get_config(),
+            "quantizer": self.quantizer,
+            "unified": self.unified,
+            "frozen_ranges": self.frozen_ranges,
+        }
 
     @classmethod
     def from_config(cls, config, custom_objects=None):

@@ -151,14 +151,30 @@ class Quantizer:
     def __init__(self, spec: QuantizerSpec):
         self.spec = spec
         self.variables = {}
+        self.is_frozen = False
 
-    def build(self, layer, name, weight_shape=None):
-        """Creates the range variables on `layer`.
+    def frozen(self):
+        """The current range as plain values (`{variable: list}`), for `build(constants=...)`."""
+        return {key: np.asarray(keras.ops.convert_to_numpy(value), "float32").tolist() for key, value in self.variables.items()}
+
+    def build(self, layer, name, weight_shape=None, constants=None):
+        """Creates the range variables on `layer` (or holds `constants` instead).
 
         Per-channel ranges have the weight's rank with the channels on `spec.axis` (for example
         `(1, 1, 1, C)` for a Conv2D kernel): they broadcast against the weight with no reshape
         op, so the exported graph holds plain constants that OpenVINO folds.
+
+        Args:
+            layer: the host layer of the variables.
+            name: prefix of the variable names.
+            weight_shape: the quantized weight's shape (per-channel quantizers).
+            constants: `frozen()` of a trained quantizer: the range is then a constant of the
+                graph, with no variable (an inference model, see `strip_model`).
         """
+        if constants is not None:
+            self.variables = {key: np.asarray(value, "float32") for key, value in constants.items()}
+            self.is_frozen = True
+            return
         shape = ()
         if self.spec.per_channel:
             reduced = reduction_axes(self.spec.axis, len(weight_shape))
@@ -185,7 +201,12 @@ class Quantizer:
 
     def __call__(self, x):
         spec = self.spec
-        if spec.per_channel and spec.mode == "symmetric":
+        # A frozen (exported) per-channel quantizer with one channel axis uses the per-channel op: OpenVINO
+        # stores its constant as int8 with one dequantizing Multiply. The `s * fq(x / s)` form gave two
+        # Multiplies, and on a Dense feeding GELU the CPU plugin then ran the FullyConnected twice (once
+        # per GELU branch: 15 FullyConnected ops instead of 13 in a 2-block BERT, OpenVINO 2026.4).
+        frozen_per_channel_op = self.is_frozen and not isinstance(spec.axis, tuple)
+        if spec.per_channel and spec.mode == "symmetric" and not frozen_per_channel_op:
             return self._per_channel_symmetric(x)
         low, high = self.range()
         if not spec.per_channel:
@@ -230,7 +251,7 @@ class Quantizer:
             scale = np.maximum(np.abs(low), high) if signed else high
             scale = np.maximum(scale, 1e-4)
             self._assign("scale", scale)
-            self.variables["signed"].assign(1.0 if signed else 0.0)
+            self._assign("signed", 1.0 if signed else 0.0)
         else:
             rng = np.maximum(high - low, 1e-4)
             self._assign("input_low", low)
@@ -238,6 +259,9 @@ class Quantizer:
 
     def _assign(self, name, values):
         """Assigns per-channel values given as `[C]` (or a scalar) to a range variable."""
+        if self.is_frozen:
+            raise ValueError("A frozen quantizer (of a stripped, inference model) has a constant range. "
+                             f"Received: a new value for its {name!r}")
         var = self.variables[name]
         values = np.asarray(values, "float32")
         if values.size == int(np.prod(var.shape)):
