@@ -20,11 +20,12 @@ LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def ops_model():
-    """Two convolutions joined by `x + y`, then `* 0.5`, `keras.ops.relu`, a convolution, a Gram matrix
+    """A stem, two convolutions joined by `x + y`, then `* 0.5`, `keras.ops.relu`, a convolution, a Gram matrix
     (`keras.ops.matmul` between two activations), `keras.ops.sin` (no rule for it) and a Dense head."""
     inputs = keras.Input((8, 8, 3), name="image")
-    a = L.Conv2D(8, 3, padding="same", name="a")(inputs)
-    b = L.Conv2D(8, 3, padding="same", name="b")(inputs)
+    stem = L.Conv2D(8, 3, padding="same", activation="relu", name="stem")(inputs)
+    a = L.Conv2D(16, 3, padding="same", name="a")(stem)
+    b = L.Conv2D(16, 3, padding="same", name="b")(stem)
     x = keras.ops.relu((a + b) * 0.5)
     c = L.Conv2D(8, 1, name="c")(x)
     tokens = keras.ops.reshape(c, (-1, 64, 8))
@@ -50,14 +51,16 @@ def test_operations_have_the_roles_of_the_layers_they_stand_for():
 
 def test_placement_quantizes_both_matmul_inputs_with_one_signed_quantizer_moved_above_the_reshapes():
     graph = trace_graph(ops_model())
-    weight_quantized = {id(n.layer) for n in graph.calls if n.layer.name in ("a", "b", "c", "d")}
+    weight_quantized = {id(n.layer) for n in graph.calls if n.layer.name in ("stem", "a", "b", "c", "d")}
     plan = plan_activation_quantizers(graph, weight_quantized)
     names = {key: plan.names[key] for key in set(plan.edges.values())}
     matmul = next(n for n in graph.calls if n.role == "matmul")
-    keys = [plan.edges[(matmul.index, 0)], plan.edges[(matmul.index, 1)]]
-    # The transpose and the reshape move values only: one quantizer on the conv output serves both inputs.
-    assert keys[0] == keys[1] and names[keys[0]] == "c_quantizer"
-    assert plan.signed == {keys[0]}  # the second input of a matmul must be signed (OpenVINO's int8 rule)
+    reshape = next(n for n in graph.calls if type(n.layer).__name__ == "Reshape")
+    assert (matmul.index, 0) not in plan.edges and (matmul.index, 1) not in plan.edges
+    # The transpose and the reshape move values only: one quantizer on the conv output, moved above them,
+    # serves both inputs, and it is signed (the second input of a matmul: OpenVINO's int8 rule).
+    key = plan.edges[(reshape.index, 0)]
+    assert names[key] == "c_quantizer" and plan.signed == {key}
     add = next(n for n in graph.calls if n.role == "merge")
     # The add's result reaches conv `c` through `* 0.5` and ReLU: its inputs are quantized.
     assert {names[plan.edges[(add.index, 0)]], names[plan.edges[(add.index, 1)]]} == {"a_quantizer", "b_quantizer"}
@@ -71,17 +74,19 @@ def test_quantized_operations_train_save_and_run_int8_in_openvino(tmp_path):
     quantizers = {layer.name: layer for layer in iter_layers(compressed) if isinstance(layer, kc.FakeQuantize)}
     assert quantizers["c_quantizer"].quantizer.is_signed  # forced, though c's outputs may all be positive
     skipped = ctrl.statistics().skipped()
-    assert skipped["operations Sin (1: sin)"].startswith("quantization: no quantization rule for this operation")
+    # Listed once per kind of operation, with their count and names (Keras numbers them: sin, sin_1, ...).
+    [(key, reason)] = [(k, v) for k, v in skipped.items() if k.startswith("operations Sin (1: sin")]
+    assert reason.startswith("quantization: no quantization rule for this operation")
+    # 8-bit quantization moves the logits by a few percent, not more.
+    reference, output = model.predict(x, verbose=0), compressed.predict(x, verbose=0)
+    assert np.linalg.norm(output - reference) < 0.1 * np.linalg.norm(reference)
     compressed.compile(optimizer="adam", loss=LOSS)
     history = compressed.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=ctrl.callbacks())
     assert np.isfinite(history.history["loss"]).all()
-    # 8-bit quantization moves the logits by a few percent, not more.
-    reference, output = model.predict(x, verbose=0), compressed.predict(x, verbose=0)
-    assert np.linalg.norm(output - reference) < 0.1 * np.linalg.norm(reference) + 1e-3
 
     xml = kc.export(compressed, tmp_path / "ops")
     counts = runtime_precisions(compile_ir(xml, "f32"), ("Convolution", "FullyConnected", "MatMul"))
-    assert counts == {("Convolution", "u8"): 3, ("MatMul", "i8"): 1, ("FullyConnected", "i8"): 1}, counts
+    assert counts == {("Convolution", "u8"): 4, ("MatMul", "i8"): 1, ("FullyConnected", "i8"): 1}, counts
 
 
 @pytest.mark.parametrize(
@@ -90,6 +95,7 @@ def test_quantized_operations_train_save_and_run_int8_in_openvino(tmp_path):
         {"algorithm": "magnitude_sparsity", "sparsity_init": 0.5},
         {"algorithm": "rb_sparsity", "sparsity_init": 0.5},
         {"algorithm": "movement_sparsity", "params": {"warmup_start_epoch": 0, "warmup_end_epoch": 1,
+                                                      "importance_regularization_factor": 0.01,
                                                       "sparsity_target": 0.5}},
         {"algorithm": "filter_pruning", "pruning_init": 0.5},
         {**quantization_config()["compression"],
@@ -112,20 +118,22 @@ def test_every_algorithm_compresses_and_trains_a_model_with_operations(section):
     stripped = ctrl.strip()
     if algorithm == "magnitude_sparsity":
         assert figures["magnitude_sparsity/sparsity_level"] == pytest.approx(0.5, abs=0.01)
-        assert figures["magnitude_sparsity/sparsified_layers"] == 4
+        assert figures["magnitude_sparsity/sparsified_layers"] == 5
     elif algorithm == "rb_sparsity":
-        assert figures["rb_sparsity/sparsified_layers"] == 4
+        assert figures["rb_sparsity/sparsified_layers"] == 5
     elif algorithm == "movement_sparsity":
         assert figures["movement_sparsity/sparsified_layers"] == 1  # Dense `d` only
-        assert figures["movement_sparsity/sparsity_level"] == pytest.approx(0.5, abs=0.05)
+        # Tied scores after two short epochs mask a little more than the target.
+        assert figures["movement_sparsity/sparsity_level"] == pytest.approx(0.5, abs=0.1)
     elif algorithm == "filter_pruning":
         # `a` and `b` are joined by `x + y`: pruned together; `c` feeds a reshape: kept whole.
         kept = {layer.name: layer.filters for layer in stripped.layers if isinstance(layer, L.Conv2D)}
-        assert kept == {"a": 4, "b": 4, "c": 8}
+        # Half of the 16 filters of `a` and `b` (pruned in multiples of 8); the stem is a first convolution.
+        assert kept == {"stem": 8, "a": 8, "b": 8, "c": 8}
         np.testing.assert_allclose(stripped.predict(x, verbose=0), compressed.predict(x, verbose=0), atol=1e-4)
     else:
         rows = ctrl.statistics().sections["quantization"]["mixed precision"][1]
-        assert len(rows) == 4 and {row[3] for row in rows} <= {4, 8}
+        assert len(rows) == 5 and {row[3] for row in rows} <= {4, 8}
         assert figures["quantization/weighted_weight_bits"] <= 6.0 + 1e-6
     if algorithm != "filter_pruning":
         np.testing.assert_allclose(stripped.predict(x, verbose=0), compressed.predict(x, verbose=0), atol=1e-4)

@@ -194,7 +194,9 @@ def _layer_and_input(cls, kwargs, shape, seed=0):
 
 
 def test_layer_cases_cover_every_compressible_class():
-    assert {cls for _, cls, _, _ in LAYER_CASES} == set(COMPRESSIBLE_LAYERS)
+    # MultiHeadAttention is called by its own wrapper (tests/test_attention.py), not `call_with_weights`.
+    callable_classes = {cls for cls, spec in COMPRESSIBLE_LAYERS.items() if spec.call is not None}
+    assert {cls for _, cls, _, _ in LAYER_CASES} == callable_classes == set(COMPRESSIBLE_LAYERS) - {L.MultiHeadAttention}
 
 
 @pytest.mark.parametrize("cls,kwargs,shape", [c[1:] for c in LAYER_CASES], ids=[c[0] for c in LAYER_CASES])

@@ -121,6 +121,8 @@ def remove_pruned_filters(model):
             new = layer.__class__.from_config(_config_with_filters(layer.get_config(), plan[id(layer)][0]))
             pairs.append((layer, new))
             return new
+        if not isinstance(layer, keras.layers.Layer):
+            return layer  # a keras.ops operation (`x + y`): stateless, shared
         if not layer.weights:
             return layer.__class__.from_config(layer.get_config())
         return layer
