@@ -91,11 +91,12 @@ def shared_layer_model():
 
 
 def shared_layer_add_model():
-    """The same Dense called twice; its two outputs are added (each Add input gets its own quantizer)."""
+    """The same Dense called twice; its two outputs are added (each Add input gets its own quantizer:
+    the sum is read in int8 by a Dense head)."""
     inp = keras.Input((6,), name="vec")
     shared = L.Dense(6, activation="relu", name="shared")
     out = L.Add(name="add")([shared(inp), shared(L.Dense(6, name="pre")(inp))])
-    return keras.Model(inp, out, name="shared_add")
+    return keras.Model(inp, L.Dense(2, name="head")(out), name="shared_add")
 
 
 def shared_layer_two_heads_model():
