@@ -306,7 +306,12 @@ class AttentionQuantizeWrapper(keras.layers.Wrapper):
             expand = -len(self.attention_axes) * 2 - 1
             for _ in range(len(scores.shape) - len(mask.shape)):
                 mask = ops.expand_dims(mask, axis=expand)
-        probabilities = self.softmax(scores, mask=mask)
+            scores = ops.where(mask, scores, ops.cast(-1e9, scores.dtype))
+        probabilities = self.softmax(scores)
+        if mask is not None and self.dropout.rate > 0:
+            # MultiHeadAttention with dropout uses its masked softmax, which zeroes a query row that sees
+            # no key; without dropout, `ops.dot_product_attention`, which spreads it evenly.
+            probabilities = ops.multiply(probabilities, ops.cast(mask, probabilities.dtype))
         dropped = self.dropout(probabilities, training=training)
         context = ops.einsum(self.combine_equation, self._quantize("probabilities", dropped), self._quantize("value", v))
         output = self._project("output", self._quantize("context", context))
