@@ -201,12 +201,7 @@ class Quantizer:
 
     def __call__(self, x):
         spec = self.spec
-        # A frozen (exported) per-channel quantizer with one channel axis uses the per-channel op: OpenVINO
-        # stores its constant as int8 with one dequantizing Multiply. The `s * fq(x / s)` form gave two
-        # Multiplies, and on a Dense feeding GELU the CPU plugin then ran the FullyConnected twice (once
-        # per GELU branch: 15 FullyConnected ops instead of 13 in a 2-block BERT, OpenVINO 2026.4).
-        frozen_per_channel_op = self.is_frozen and not isinstance(spec.axis, tuple)
-        if spec.per_channel and spec.mode == "symmetric" and not frozen_per_channel_op:
+        if spec.per_channel and spec.mode == "symmetric":
             return self._per_channel_symmetric(x)
         low, high = self.range()
         if not spec.per_channel:
