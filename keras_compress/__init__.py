@@ -44,6 +44,7 @@ _PUBLIC = {
     "compress": "keras_compress.controller",
     "export": "keras_compress.export",
     "FilterPruningWrapper": "keras_compress.pruning",
+    "AttentionQuantizeWrapper": "keras_compress.quantization",
     "FakeQuantize": "keras_compress.quantization",
     "InputsWrapper": "keras_compress.inputs_wrapper",
     "QuantizeWrapper": "keras_compress.quantization",
@@ -56,6 +57,7 @@ _PUBLIC = {
 }
 
 __all__ = [
+    "AttentionQuantizeWrapper",
     "CompressedModel",
     "CompressionConfig",
     "CompressionController",
@@ -96,7 +98,7 @@ if os.environ.get(LIGHT_IMPORT_ENV) != "1":
     from keras_compress.export import export
     from keras_compress.pruning import FilterPruningWrapper
     from keras_compress.inputs_wrapper import InputsWrapper
-    from keras_compress.quantization import FakeQuantize, QuantizeWrapper
+    from keras_compress.quantization import AttentionQuantizeWrapper, FakeQuantize, QuantizeWrapper
     from keras_compress.sparsity import MagnitudeSparsityWrapper, MovementSparsityWrapper, RBSparsityWrapper
     from keras_compress.statistics import CompressionStatistics
     from keras_compress.subclassed import CompressedModel

@@ -46,6 +46,8 @@ class CompressionAlgorithm:
     #: The layer classes this algorithm puts into a model: a model holding one of them is
     #: already compressed by this algorithm.
     layer_types = ()
+    #: Those of `layer_types` that compress weights (besides every `WeightsWrapper`).
+    weight_layer_types = ()
 
     def __init__(self, config, target_device="ANY"):
         self.config = config

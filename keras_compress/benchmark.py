@@ -7,7 +7,7 @@ from collections import Counter
 
 import numpy as np
 
-__all__ = ["compile_ir", "benchmark_models", "runtime_precisions", "PRECISIONS"]
+__all__ = ["compile_ir", "benchmark_models", "compute_op_precisions", "runtime_precisions", "PRECISIONS"]
 
 #: "f32": INFERENCE_PRECISION_HINT=f32; "default": the plugin's default (bf16 on CPUs with
 #: AVX512-BF16 for float models).
@@ -44,6 +44,42 @@ def runtime_precisions(compiled, layer_types=("Convolution", "FullyConnected")):
         layer_type = info["layerType"].astype(str) if "layerType" in info else ""
         if layer_type in layer_types:
             counts[(layer_type, info["runtimePrecision"].astype(str))] += 1
+    return counts
+
+
+#: IR operation types counted by `compute_op_precisions`, by the name they are counted under.
+COMPUTE_OPS = {"Convolution": "Convolution", "GroupConvolution": "Convolution", "MatMul": "MatMul", "Einsum": "MatMul"}
+
+
+def compute_op_precisions(compiled, model):
+    """Counts the runtime precision of every Convolution / FullyConnected / MatMul of an IR.
+
+    Like `runtime_precisions(compiled, ("Convolution", "FullyConnected", "MatMul"))`, plus the IR
+    MatMuls that the CPU plugin fused into a `Subgraph` (its int8 multi-head-attention kernel runs
+    `MatMul -> Softmax -> MatMul` as one node): each is counted as a MatMul with the subgraph's
+    precision. (Compiling with `{"SNIPPETS_MODE": "DISABLE"}` shows them as MatMul nodes.)
+
+    Args:
+        compiled: the compiled model.
+        model: the `openvino.Model` (or IR path) it was compiled from.
+
+    Returns:
+        A `Counter` such as `{("FullyConnected", "i8"): 13, ("MatMul", "u8"): 2, ...}`.
+    """
+    import openvino as ov
+
+    if not isinstance(model, ov.Model):
+        model = ov.Core().read_model(str(model))
+    types = {op.get_friendly_name(): op.get_type_name() for op in model.get_ops()}
+    counts = runtime_precisions(compiled, ("Convolution", "FullyConnected", "MatMul"))
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        if "layerType" not in info or info["layerType"].astype(str) != "Subgraph":
+            continue
+        names = info["originalLayersNames"].astype(str).split(",") if "originalLayersNames" in info else []
+        for name in names:
+            if types.get(name) in COMPUTE_OPS:
+                counts[(COMPUTE_OPS[types[name]], info["runtimePrecision"].astype(str))] += 1
     return counts
 
 

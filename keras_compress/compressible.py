@@ -17,7 +17,9 @@ __all__ = [
     "COMPRESSIBLE_LAYERS",
     "UNCOMPRESSED_BY_DESIGN",
     "compressible_spec",
+    "attention_reason",
     "call_with_weights",
+    "weight_channel_axes",
 ]
 
 
@@ -67,9 +69,19 @@ def _depthwise_conv(layer, inputs, w):
     return _convolve(ops.depthwise_conv, layer, inputs, [w["kernel"]], w.get("bias"), channels)
 
 
-def _separable_conv(layer, inputs, w):
+def _separable_conv(layer, inputs, w, between=None):
     kernels = [w["depthwise_kernel"], w["pointwise_kernel"]]
-    return _convolve(ops.separable_conv, layer, inputs, kernels, w.get("bias"), kernels[1].shape[-1])
+    channels = kernels[1].shape[-1]
+    if between is None:
+        return _convolve(ops.separable_conv, layer, inputs, kernels, w.get("bias"), channels)
+    # The depthwise and the pointwise convolution as two ops with `between` applied in the middle
+    # (an activation quantizer, so that OpenVINO runs the pointwise convolution in int8 too).
+    depthwise = ops.depthwise_conv(
+        inputs, kernels[0], strides=layer.strides, padding=layer.padding,
+        dilation_rate=layer.dilation_rate, data_format=layer.data_format,
+    )  # fmt: skip
+    outputs = ops.conv(between(depthwise), kernels[1], strides=1, padding="valid", data_format=layer.data_format)
+    return _activate(layer, _bias_add(layer, outputs, w.get("bias"), channels))
 
 
 def _conv_transpose(layer, inputs, w):
@@ -110,7 +122,8 @@ class CompressibleLayerSpec:
         call: function `(layer, inputs, weights_dict) -> outputs` that reproduces
             the layer's `call` with the given weight tensors.
         kind: "conv", "depthwise", "separable", "conv_transpose", "dense",
-            "einsum_dense" or "embedding".
+            "einsum_dense", "embedding" or "attention" (MultiHeadAttention: its weights are the
+            kernels of its four projections, and only a dedicated wrapper calls it).
     """
 
     def __init__(self, layer_class, weights, channel_axes, call, kind):
@@ -141,6 +154,9 @@ _SPECS = [
     CompressibleLayerSpec(L.Dense, ["kernel"], [-1], _dense, "dense"),
     CompressibleLayerSpec(L.EinsumDense, ["kernel"], [-1], _einsum_dense, "einsum_dense"),
     CompressibleLayerSpec(L.Embedding, ["embeddings"], [-1], _embedding, "embedding"),
+    CompressibleLayerSpec(
+        L.MultiHeadAttention, ["query", "key", "value", "output"], [None] * 4, None, "attention"
+    ),
 ]
 del L
 
@@ -170,14 +186,59 @@ def compressible_spec(layer):
     return None
 
 
+def weight_channel_axes(layer, attr):
+    """The output-channel axes of one weight of `layer`: an int, or a tuple of axes.
+
+    Most kernels have one output-channel axis (`CompressibleLayerSpec.channel_axes`). An EinsumDense
+    kernel has one per letter of its equation's kernel term that reaches the output: the query
+    projection of MultiHeadAttention, `"abc,cde->abde"`, has a `(C, heads, key_dim)` kernel with
+    output channels on axes (1, 2). OpenVINO's CPU plugin refused (could not compile) such a kernel
+    quantized per channel on one of the two axes; with one range per (head, unit) pair it runs the
+    projection as an int8 FullyConnected (OpenVINO 2026.4).
+
+    Example:
+        >>> layer = keras.layers.EinsumDense("abc,cde->abde", output_shape=(None, 4, 8))
+        >>> weight_channel_axes(layer, "kernel")
+        (1, 2)
+    """
+    spec = compressible_spec(layer)
+    if spec is not None and spec.kind == "einsum_dense" and attr == "kernel":
+        inputs, output = layer.equation.replace(" ", "").split("->")
+        kernel = inputs.split(",")[1]
+        if "." not in kernel:
+            axes = tuple(i for i, letter in enumerate(kernel) if letter in output)
+            if axes:
+                return axes[0] if len(axes) == 1 else axes
+    return spec.channel_axes[attr]
+
+
 #: Why a Lambda layer is listed in `ctrl.statistics().skipped()` (it has no weights to compress,
 #: but its Python function may compute what the user meant to compress).
 LAMBDA_REASON = "Lambda layer: its Python function is left as it is (not quantized or sparsified)"
 
 
+def attention_reason(layer):
+    """Why a MultiHeadAttention layer cannot be compressed, or None when it can.
+
+    Its computation is reproduced with public ops (`AttentionQuantizeWrapper`): only the class
+    itself, without the options that reproduction leaves out.
+    """
+    if type(layer) is not keras.layers.MultiHeadAttention:
+        return f"subclass {type(layer).__name__} of MultiHeadAttention (its computation may differ)"
+    config = layer.get_config()
+    if config.get("use_gate"):
+        return "MultiHeadAttention with use_gate=True is not supported"
+    if config.get("sliding_window") is not None:
+        return "MultiHeadAttention with a sliding_window is not supported"
+    return None
+
+
 def unsupported_reason(layer):
     """Why a layer with weights cannot be compressed, or None when it can."""
-    if compressible_spec(layer) is not None:
+    spec = compressible_spec(layer)
+    if spec is not None and spec.kind == "attention":
+        return attention_reason(layer)
+    if spec is not None:
         if getattr(layer, "lora_enabled", False):
             return "LoRA-enabled layers are not supported"
         if getattr(layer, "quantization_mode", None):
@@ -189,7 +250,7 @@ def unsupported_reason(layer):
     return f"layer type {type(layer).__name__} is not supported"
 
 
-def call_with_weights(layer, inputs, weights):
+def call_with_weights(layer, inputs, weights, hooks=None):
     """Runs `layer`'s computation on `inputs` with `weights` replacing its own.
 
     Args:
@@ -197,6 +258,9 @@ def call_with_weights(layer, inputs, weights):
         inputs: the layer's input tensor.
         weights: dict from weight attribute name ("kernel", "bias", ...) to tensor.
             Missing entries are read from the layer.
+        hooks: optional functions applied to intermediate tensors of the computation, by name:
+            `"between"` for a separable convolution (on the depthwise output, before the
+            pointwise convolution). Other kinds of layers have no intermediate tensor.
 
     Returns:
         The layer's output tensor.
@@ -205,4 +269,6 @@ def call_with_weights(layer, inputs, weights):
     full = {name: getattr(layer, name) for name in spec.weights}
     full["bias"] = getattr(layer, "bias", None)
     full.update(weights)
+    if hooks and spec.kind == "separable":
+        return spec.call(layer, inputs, full, **hooks)
     return spec.call(layer, inputs, full)

@@ -216,7 +216,8 @@ def compress(
     for path, message in unmatched_quantizer_scopes(compressed, cfg, quantizer_paths):
         logger.warning("%s: %s", path, message)
     controller = CompressionController(compressed, cfg, algorithms, pairs, original_model=original)
-    if algorithms and not any(isinstance(layer, WeightsWrapper) for layer in iter_layers(compressed)):
+    weight_layers = (WeightsWrapper, *(t for a in algorithms for t in a.weight_layer_types))
+    if algorithms and not any(isinstance(layer, weight_layers) for layer in iter_layers(compressed)):
         skipped = controller.statistics().skipped()
         quantizers = any(isinstance(layer, FakeQuantize) for layer in iter_layers(compressed))
         logger.warning(
@@ -294,10 +295,12 @@ class CompressionController:
         self.original_model = original_model
         self.accuracy_aware_history = []
         self._wrappers = [layer for layer in iter_layers(model) if isinstance(layer, WeightsWrapper)]
+        # The wrappers of a stripped (inference) model hold no progress counters.
+        self._holders = [wrapper for wrapper in self._wrappers if wrapper.tracks_progress]
         self._counters = dict.fromkeys(PROGRESS_VARIABLES, 0)
         if resume:
             for name in PROGRESS_VARIABLES:
-                saved = [_read_counter(wrapper, name) for wrapper in self._wrappers]
+                saved = [_read_counter(wrapper, name) for wrapper in self._holders]
                 self._set_counter(name, max(saved, default=0), everywhere=True)
             last_epoch = max(self._counter("compression_epoch") - 1, 0)
             for algorithm in self.algorithms:
@@ -308,13 +311,13 @@ class CompressionController:
 
     # ----------------------------------------------------------------- progress
     def _counter(self, name):
-        if self._wrappers:
-            return _read_counter(self._wrappers[0], name)
+        if self._holders:
+            return _read_counter(self._holders[0], name)
         return self._counters[name]
 
     def _set_counter(self, name, value, everywhere=False):
         self._counters[name] = int(value)
-        for wrapper in self._wrappers if everywhere else self._wrappers[:1]:
+        for wrapper in self._holders if everywhere else self._holders[:1]:
             getattr(wrapper, name).assign(float(value))
 
     def progress(self) -> dict:

@@ -9,6 +9,7 @@ its inputs by position, with no private Keras API.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 
 import keras
 import numpy as np
@@ -65,13 +66,19 @@ _LAYER_ROLES = {
     "merge": (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum),
     "concat": (L.Concatenate,),
     "matmul": (L.Dot,),
+    # Projections and two matmuls inside one layer (see keras_compress.quantization.attention).
+    "attention": (L.MultiHeadAttention,),
 }  # fmt: skip
 del L
 #: Class names of keras.ops operations (the objects `x + y` or `keras.ops.relu(x)` leave in a
 #: Functional graph) by role. The classes live in Keras' private modules: they are told by name.
 _OP_ROLES = {
     "identity": ("StopGradient", "Copy"),
-    "reshape": ("Reshape", "Transpose", "ExpandDims", "Squeeze", "MoveAxis", "SwapAxes", "Flatten"),
+    "reshape": (
+        "Reshape", "Transpose", "ExpandDims", "Squeeze", "MoveAxis", "SwapAxes", "Flatten",
+        # Values selected or repeated, none changed (`x[:, 0]`, `keras.ops.slice`, `tile`).
+        "GetItem", "Slice", "Tile", "Repeat", "BroadcastTo",
+    ),
     "activation": (
         "Relu", "Relu6", "Gelu", "Silu", "Sigmoid", "HardSigmoid", "HardSilu", "Tanh", "Elu", "Selu",
         "LeakyRelu", "Softplus", "Softsign", "Mish", "Exp", "Abs", "Square", "Sqrt", "Rsqrt", "Negative",
@@ -87,7 +94,7 @@ _ELEMENTWISE_OPS = frozenset((*_OP_ROLES["merge"], "TrueDivide", "Divide", "Powe
 #: Every role `node_role` returns.
 ROLES = (
     "model", "weights", "identity", "spatial", "average_pool", "channelwise", "reshape", "activation",
-    "softmax", "batchnorm", "normalization", "merge", "concat", "matmul", "other",
+    "softmax", "batchnorm", "normalization", "merge", "concat", "matmul", "attention", "other",
 )  # fmt: skip
 
 
@@ -102,7 +109,8 @@ def node_role(op, num_tensor_inputs=1, scalar_constants=True):
       (ReLU, GELU, `x * 0.5`: one value from one value), "softmax", "batchnorm", "normalization"
       (LayerNormalization and friends);
     - "merge" (elementwise `Add`, `x + y`, `Multiply`...), "concat", "matmul" (`Dot`, `keras.ops.matmul`
-      or `einsum` between two tensors);
+      or `einsum` between two tensors), "attention" (MultiHeadAttention: projections and two matmuls
+      inside one layer);
     - "other": anything else (left alone by the algorithms that do not know it).
 
     Args:
@@ -434,17 +442,27 @@ def new_inputs(model):
     )
 
 
+#: `is_graph_model` answers by model (a model does not change kind): reading a Functional model's config
+#: took 0.5 s for NASNetMobile, and `iter_layers` asks once per call (16 calls, 8 of the 25 s of its
+#: `kc.compress`, before this cache).
+_GRAPH_MODELS = weakref.WeakKeyDictionary()
+
+
 def is_graph_model(model):
     """Whether `model` is a Sequential or Functional model (one whose graph can be traced)."""
     if isinstance(model, keras.Sequential):
         return True
     if not isinstance(model, keras.Model):
         return False
-    try:
-        config = model.get_config()
-    except Exception:  # noqa: BLE001 - subclassed models may raise anything here
-        return False
-    return isinstance(config, dict) and "layers" in config and "input_layers" in config
+    known = _GRAPH_MODELS.get(model)
+    if known is None:
+        try:
+            config = model.get_config()
+        except Exception:  # noqa: BLE001 - subclassed models may raise anything here
+            config = None
+        known = isinstance(config, dict) and "layers" in config and "input_layers" in config
+        _GRAPH_MODELS[model] = known
+    return known
 
 
 def as_functional(model, input_shape=None):

@@ -56,11 +56,12 @@ class InputsWrapper(keras.layers.Wrapper):
         return self.layer.compute_output_shape(input_shape)
 
     def strip(self):
-        """This wrapper around its stripped layer; the input layers stay (they are the INT8 recipe)."""
-        inner = self.layer.strip() if callable(getattr(self.layer, "strip", None)) else self.layer
-        if inner is self.layer:
+        """This wrapper of an inference model: its layer and its input layers stripped (activation
+        quantizers stay, they are the INT8 recipe, with their ranges frozen into constants)."""
+        inner, input_layers = _stripped(self.layer), [_stripped(layer) for layer in self.input_layers]
+        if inner is self.layer and all(new is old for new, old in zip(input_layers, self.input_layers)):
             return self
-        return InputsWrapper(inner, dict(zip(self.positions, self.input_layers)), name=self.name)
+        return InputsWrapper(inner, dict(zip(self.positions, input_layers)), name=self.name)
 
     def get_config(self):
         inputs = {
@@ -74,3 +75,7 @@ class InputsWrapper(keras.layers.Wrapper):
         config = config.copy()
         layer = keras.saving.deserialize_keras_object(config.pop("layer"), custom_objects=custom_objects)
         return cls(layer, **config)
+
+
+def _stripped(layer):
+    return layer.strip() if callable(getattr(layer, "strip", None)) else layer

@@ -39,6 +39,7 @@ from keras_compress.graph import (
 )
 from keras_compress.inputs_wrapper import InputsWrapper
 from keras_compress.transform import transform_model
+from keras_compress.wrapper import innermost
 
 __all__ = [
     "CompressedModel",
@@ -86,13 +87,6 @@ def set_sublayer(root, path, layer):
         parent[last] = layer
     else:
         setattr(parent, last, layer)
-
-
-def innermost(layer):
-    """The user's layer inside keras_compress wrappers."""
-    while isinstance(layer, keras.layers.Wrapper) and type(layer).__module__.startswith("keras_compress."):
-        layer = layer.layer
-    return layer
 
 
 def copy_subclassed(model):

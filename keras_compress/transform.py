@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 
 from keras_compress.graph import as_functional, fresh_copy, new_inputs, replace_call_tensors, trace_graph
-from keras_compress.wrapper import unwrap
+from keras_compress.wrapper import innermost
 
 __all__ = ["transform_model"]
 
@@ -39,7 +39,7 @@ def transform_model(model, wrap_fn=None, planners=()):
             continue  # keras.ops operations have no weights; nested models copy their own
         weights = original.get_weights()
         if weights:
-            unwrap(new).set_weights(weights)
+            innermost(new).set_weights(weights)
     return new_model, pairs
 
 

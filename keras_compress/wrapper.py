@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from keras_compress.compressible import call_with_weights, compressible_spec
 
-__all__ = ["PROGRESS_VARIABLES", "WeightsWrapper", "exported_entries", "unwrap"]
+__all__ = ["PROGRESS_VARIABLES", "WeightsWrapper", "exported_entries", "innermost", "unwrap"]
 
 logger = logging.getLogger("keras_compress")
 
@@ -24,6 +24,14 @@ _WARNED_GRAPHS = weakref.WeakSet()
 def unwrap(layer):
     """Returns the innermost layer under a stack of `WeightsWrapper`s."""
     while isinstance(layer, WeightsWrapper):
+        layer = layer.layer
+    return layer
+
+
+def innermost(layer):
+    """The user's layer inside any stack of keras_compress wrappers (weight wrappers, input
+    quantizers, the attention wrapper)."""
+    while isinstance(layer, keras.layers.Wrapper) and type(layer).__module__.startswith("keras_compress."):
         layer = layer.layer
     return layer
 
@@ -87,14 +95,17 @@ class WeightsWrapper(keras.layers.Wrapper):
 
     #: Whether the compression level of this kind of wrapper follows a schedule.
     scheduled = False
+    #: Whether the wrapper holds the progress counters (not in an inference model's frozen wrappers).
+    tracks_progress = True
 
     def build(self, input_shape=None):
         self.input_shape_at_build = input_shape
         if not self.layer.built:
             self.layer.build(input_shape)
-        for name in PROGRESS_VARIABLES:
-            setattr(self, name, self.add_weight(name=name, shape=(), initializer="zeros",
-                                                trainable=False, dtype="float32"))  # fmt: skip
+        if self.tracks_progress:
+            for name in PROGRESS_VARIABLES:
+                setattr(self, name, self.add_weight(name=name, shape=(), initializer="zeros",
+                                                    trainable=False, dtype="float32"))  # fmt: skip
         self.build_wrapper(input_shape)
         self.built = True
 
@@ -185,7 +196,15 @@ class WeightsWrapper(keras.layers.Wrapper):
                 loss = wrapper.training_loss()
                 if loss is not None:
                     self.add_loss(loss)
-        return call_with_weights(unwrap(self), inputs, self.effective_weights(training))
+        hooks = {}
+        for wrapper in self._chain()[0]:
+            hooks.update(wrapper.call_hooks())
+        return call_with_weights(unwrap(self), inputs, self.effective_weights(training), hooks)
+
+    def call_hooks(self):
+        """Functions this wrapper applies to intermediate tensors of the layer's computation (see
+        `call_with_weights`); none by default."""
+        return {}
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)

@@ -16,7 +16,7 @@ import keras  # noqa: E402
 
 import keras_compress as kc  # noqa: E402
 from helpers import quantization_config  # noqa: E402
-from keras_compress.benchmark import compile_ir, runtime_precisions  # noqa: E402
+from keras_compress.benchmark import compile_ir, compute_op_precisions, runtime_precisions  # noqa: E402
 from keras_compress.graph import iter_layers  # noqa: E402
 from keras_compress.subclassed import CompressedModel  # noqa: E402
 from subclassed_models import (  # noqa: E402
@@ -195,16 +195,28 @@ def test_a_functional_backbone_inside_a_subclass_is_compressed_with_its_graph():
     assert ctrl.statistics().figures()["quantization/weight_quantizers"] == 3
 
 
-def test_subclassed_transformer_layers_in_lists_and_dicts_are_found():
+def test_subclassed_transformer_is_quantized_with_its_attention_and_runs_int8(tmp_path):
+    keras.utils.set_random_seed(0)
     model = TextEncoder()
     ids = np.random.default_rng(0).integers(0, 100, (16, 16))
     model(ids)
     compressed, ctrl = kc.compress(model, quantization_config(), dataset=ids)
     wrapped = [layer for layer in iter_layers(compressed) if isinstance(layer, kc.QuantizeWrapper)]
-    # Two MLP Dense layers per block (held in a dict) and the classifier at least.
-    assert len(wrapped) >= 5
+    assert len(wrapped) == 5  # two MLP Dense layers per block (held in a dict) and the classifier
+    attention = [layer for layer in iter_layers(compressed) if isinstance(layer, kc.AttentionQuantizeWrapper)]
+    assert len(attention) == 2
+    # The attention quantizes its own inputs: no InputQuantizeWrapper around it.
+    assert all(isinstance(compressed.encoder[i].attention, kc.AttentionQuantizeWrapper) for i in range(2))
     skipped = ctrl.statistics().skipped()
     assert sum(reason.endswith("embedding weights are not quantized") for reason in skipped.values()) == 2
+    assert len(skipped) == 2
+    reference, output = model.predict(ids, verbose=0), compressed.predict(ids, verbose=0)
+    assert np.linalg.norm(output - reference) < 0.1 * np.linalg.norm(reference)
+    xml = kc.export(compressed, tmp_path / "encoder")
+    counts = compute_op_precisions(compile_ir(xml, "f32"), xml)
+    # Per block: four projections, two MLP Dense layers, two attention matmuls; and the classifier. (With
+    # its all-zero initial bias, OpenVINO runs each Dense(gelu) as two FullyConnected ops: 15, not 13.)
+    assert counts == {("FullyConnected", "i8"): 15, ("MatMul", "i8"): 4}, counts
 
 
 def test_an_unregistered_subclass_is_compressed_and_exported_with_a_warning(tmp_path, caplog):

@@ -7,7 +7,6 @@ import keras
 from keras_compress.graph import fresh_copy, is_graph_model, iter_layers
 from keras_compress.pruning import FilterPruningWrapper, remove_pruned_filters
 from keras_compress.subclassed import CompressedModel, strip_subclassed
-from keras_compress.wrapper import WeightsWrapper
 
 __all__ = ["strip_layer", "strip_model"]
 
@@ -15,9 +14,9 @@ __all__ = ["strip_layer", "strip_model"]
 def strip_model(model, algorithms=()):
     """Returns an inference copy of `model` with training-only state resolved.
 
-    Every `WeightsWrapper` is replaced by what its `strip()` returns (quantization wrappers
-    stay, with NNCF's overflow fix applied; sparsity wrappers fold their masks into the weights
-    and disappear); then each algorithm's model-level `strip(model)` runs (filter pruning
+    Every keras_compress wrapper and activation quantizer is replaced by what its `strip()` returns
+    (quantizers stay, with NNCF's overflow fix applied and their ranges frozen into constants;
+    sparsity wrappers fold their masks into the weights and disappear); then each algorithm's model-level `strip(model)` runs (filter pruning
     removes the pruned filters). `model` itself is not changed.
 
     Args:
@@ -32,11 +31,7 @@ def strip_model(model, algorithms=()):
     pruned = any(isinstance(layer, FilterPruningWrapper) for layer in iter_layers(model))
     copy = keras.models.clone_model(model, clone_function=fresh_copy, recursive=True)
     copy.set_weights(model.get_weights())
-    stripped = keras.models.clone_model(
-        copy,
-        clone_function=lambda layer: layer.strip() if isinstance(layer, WeightsWrapper) else layer,
-        recursive=True,
-    )
+    stripped = keras.models.clone_model(copy, clone_function=_strip_wrapper, recursive=True)
     for algorithm in algorithms:
         strip = getattr(algorithm, "strip", None)
         if strip is not None:
@@ -46,6 +41,14 @@ def strip_model(model, algorithms=()):
     if pruned and not any(getattr(a, "name", None) == "filter_pruning" for a in algorithms):
         stripped = remove_pruned_filters(stripped)
     return stripped
+
+
+def _strip_wrapper(layer):
+    """A keras_compress layer's `strip()` (wrappers, activation quantizers); other layers as they are."""
+    strip = getattr(layer, "strip", None)
+    if type(layer).__module__.startswith("keras_compress.") and not isinstance(layer, keras.Model) and callable(strip):
+        return strip()
+    return layer
 
 
 def strip_layer(layer):

@@ -245,7 +245,14 @@ class FilterPruningAlgorithm(CompressionAlgorithm):
         if self.flops_mode:
             figures["filter_level"] = float(self.filter_level or 0.0)
         header = ["layer", "filters kept", "params full", "params now", "FLOPs full", "FLOPs now"]
-        return {"figures": figures, "filters": (header, rows), "skipped": dict(analysis.skipped)}
+        skipped = dict(analysis.skipped)
+        for use in analysis.uses:
+            spec = compressible_spec(use.base)
+            if use.kind == "other" and spec is not None:
+                # Attention, embeddings, separable convolutions: their own weights are not pruned, and
+                # the channels they read stay (see the groups' reasons).
+                skipped.setdefault(use.name, f"{spec.kind} layers are not pruned (only convolution filters are)")
+        return {"figures": figures, "filters": (header, rows), "skipped": skipped}
 
     def strip(self, model):
         """Removes the pruned filters from a stripped model (see `remove_pruned_filters`)."""

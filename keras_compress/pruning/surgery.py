@@ -118,9 +118,12 @@ def remove_pruned_filters(model):
 
     def clone_function(layer):
         if id(layer) in plan:
-            new = layer.__class__.from_config(_config_with_filters(layer.get_config(), plan[id(layer)][0]))
+            filters, axes = plan[id(layer)]
+            new = layer.__class__.from_config(_config_with_filters(layer.get_config(), filters, axes))
             pairs.append((layer, new))
             return new
+        if not isinstance(layer, keras.layers.Layer):
+            return layer  # a keras.ops operation (`x + y`): stateless, shared
         if not layer.weights:
             return layer.__class__.from_config(layer.get_config())
         return layer
@@ -147,18 +150,33 @@ def _fold_pruning_masks(model):
     return keras.models.clone_model(copy, clone_function=drop, recursive=True)
 
 
-def _config_with_filters(config, filters):
-    """A layer config (wrappers descended) without build state, with `filters` set if given."""
+def _config_with_filters(config, filters, axes):
+    """A layer config (wrappers descended) without build state, with `filters` set if given and the
+    constant per-channel ranges of a stripped quantizer (`frozen_ranges`) sliced like the weights."""
     config = dict(config)
     config.pop("build_config", None)
+    if config.get("frozen_ranges"):
+        config["frozen_ranges"] = {
+            weight: {key: _sliced(value, axes) for key, value in ranges.items()}
+            for weight, ranges in config["frozen_ranges"].items()
+        }
     if "layer" in config:
         inner = dict(config["layer"])
         inner.pop("build_config", None)
-        inner["config"] = _config_with_filters(inner["config"], filters)
+        inner["config"] = _config_with_filters(inner["config"], filters, axes)
         config["layer"] = inner
     elif filters is not None:
         config["filters"] = filters
     return config
+
+
+def _sliced(value, axes):
+    """A per-channel range (nested lists, 1 on the axes it does not vary along) sliced like a weight."""
+    value = np.asarray(value, "float32")
+    for axis, index in axes.get(value.ndim, {}).items():
+        if value.shape[axis] != 1:
+            value = np.take(value, index, axis=axis)
+    return value.tolist()
 
 
 def _assign_sliced(old, new, axes):

@@ -11,9 +11,10 @@ import numpy as np
 
 from keras_compress.algorithm import CompressionAlgorithm
 from keras_compress.calibration import run_batches
-from keras_compress.compressible import compressible_spec
+from keras_compress.compressible import compressible_spec, weight_channel_axes
 from keras_compress.config.scopes import split_precision_scope
 from keras_compress.graph import iter_layers, layers_by_path
+from keras_compress.quantization.attention import PROJECTIONS, AttentionQuantizeWrapper, projection_layers
 from keras_compress.quantization.fake_quantize import FakeQuantize
 from keras_compress.quantization.placement import AGNOSTIC_ROLES, plan_activation_quantizers
 from keras_compress.quantization.precision import (
@@ -26,14 +27,13 @@ from keras_compress.quantization.quantize_wrapper import QuantizeWrapper
 from keras_compress.quantization.quantizers import QuantizerSpec
 from keras_compress.quantization.range_init import RangeCollector
 from keras_compress.selection import LayerSelection, in_scope, matches_scope
-from keras_compress.wrapper import unwrap
 
 __all__ = ["QuantizationAlgorithm"]
 
 logger = logging.getLogger("keras_compress")
 
 #: Kinds of compressible layers whose weights are quantized (embeddings are not).
-WEIGHT_KINDS = ("conv", "depthwise", "separable", "conv_transpose", "dense", "einsum_dense")
+WEIGHT_KINDS = ("conv", "depthwise", "separable", "conv_transpose", "dense", "einsum_dense", "attention")
 
 
 class QuantizationAlgorithm(CompressionAlgorithm):
@@ -45,7 +45,8 @@ class QuantizationAlgorithm(CompressionAlgorithm):
     """
 
     name = "quantization"
-    layer_types = (QuantizeWrapper, FakeQuantize)
+    layer_types = (QuantizeWrapper, AttentionQuantizeWrapper, FakeQuantize)
+    weight_layer_types = (AttentionQuantizeWrapper,)
 
     def __init__(self, config, target_device="ANY"):
         super().__init__(config, target_device)
@@ -57,6 +58,7 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         self.precision_rows = []  # [layer, parameters, sensitivity, bits] after mixed precision
         self.manual_used = set()  # indices of the `bitwidth_per_scope` entries that set some quantizer's bits
         self.precision_budget = None
+        self.float_operations = {}  # keras.ops class name -> paths of the operations left in float
         if config.activations.per_channel:
             logger.warning(
                 "quantization.activations.per_channel is not supported: activations are "
@@ -120,35 +122,62 @@ class QuantizationAlgorithm(CompressionAlgorithm):
                 len(unused), "y" if len(unused) == 1 else "ies", model.name, ", ".join(unused),
             )
 
-    def _weight_spec(self, layer, attr, path=""):
+    def _weight_settings(self, layer, path=""):
+        """The weight quantizer settings of `layer` as `QuantizerSpec` arguments, without `axis`."""
         cfg = self._settings("weights", self._names(layer, path))
         manual = self._manual_bits(self._names(layer, path))
         if manual is not None:
             cfg.bits = manual
-        spec = compressible_spec(layer)
         half = (
             self.config.overflow_fix == "enable"
             or (self.config.overflow_fix == "first_layer_only" and id(layer) in self.first_layer_ids)
         ) and cfg.bits == 8 and self.target_device in ("ANY", "CPU")
-        return QuantizerSpec(
-            mode=cfg.mode,
-            bits=cfg.bits,
-            signed=True if cfg.signed is None else cfg.signed,
-            per_channel=cfg.per_channel,
-            axis=spec.channel_axes[attr],
-            narrow_range=cfg.mode == "symmetric",
-            half_range=half,
-        )
+        return {
+            "mode": cfg.mode,
+            "bits": cfg.bits,
+            "signed": True if cfg.signed is None else cfg.signed,
+            "per_channel": cfg.per_channel,
+            "narrow_range": cfg.mode == "symmetric",
+            "half_range": half,
+        }
+
+    def _weight_spec(self, layer, attr, path=""):
+        settings = self._weight_settings(layer, path)
+        axis = weight_channel_axes(layer, attr) if settings["per_channel"] else None
+        if isinstance(axis, tuple) and settings["mode"] != "symmetric":
+            # TensorFlow's per-channel fake-quant op takes one axis, and OpenVINO did not compile
+            # an EinsumDense kernel quantized per channel on one of its output axes: per tensor.
+            settings["per_channel"], axis = False, None
+        return QuantizerSpec(**settings, axis=axis)
 
     # ----------------------------------------------------------------- transform hooks
     def wrap(self, original, layer, path):
         """Wraps `layer` (the fresh copy of `original`) in a `QuantizeWrapper` when selected."""
         if not self.selects_weights(original, path):
             return layer
-        specs = {
-            attr: self._weight_spec(original, attr, path) for attr in compressible_spec(original).weights
-        }
-        return QuantizeWrapper(layer, specs)
+        spec = compressible_spec(original)
+        if spec.kind == "attention":
+            return self._wrap_attention(original, layer, path)
+        specs = {attr: self._weight_spec(original, attr, path) for attr in spec.weights}
+        between = None
+        if spec.kind == "separable":
+            names = self._names(original, path)
+            if self._in_scope(names, self.config.activations):
+                act = self._settings("activations", names)
+                between = {"mode": act.mode, "bits": act.bits, "signed": act.signed}
+        return QuantizeWrapper(layer, specs, between_quantizer=between)
+
+    def _wrap_attention(self, original, layer, path):
+        """An `AttentionQuantizeWrapper` around a MultiHeadAttention: one weight spec per projection
+        (each kernel's channel axes are found when the wrapper is built) and its activation quantizers."""
+        settings = self._weight_settings(original, path)
+        specs = {name: dict(settings) for name in PROJECTIONS}
+        names = self._names(original, path)
+        activations = None
+        if self._in_scope(names, self.config.activations):
+            act = self._settings("activations", names)
+            activations = {"mode": act.mode, "bits": act.bits, "signed": act.signed}
+        return AttentionQuantizeWrapper(layer, specs, activations)
 
     def plan(self, graph, path):
         """The activation quantizers of one (sub)model: see `plan_activation_quantizers`."""
@@ -160,6 +189,9 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         def names(node):
             return [node.name, f"{prefix(node)}{node.name}"]
 
+        for node in graph.calls:
+            if node.role == "other" and not isinstance(node.layer, keras.layers.Layer):
+                self.float_operations.setdefault(type(node.layer).__name__, []).append(f"{prefix(node)}{node.name}")
         weight_quantized = {id(node.layer) for node in graph.calls if self.selects_weights(node.layer, prefix(node))}
         act = self.config.activations
         unified_scopes = [scope for group in act.unified_scale_ops or [] for scope in group]
@@ -185,14 +217,17 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         names = [name, name.rsplit("_quantizer", 1)[0]]
         act = self._settings("activations", names)
         bits = self._manual_bits(names, "activations") or act.bits
-        return FakeQuantize(mode=act.mode, bits=bits, signed=act.signed, name=name)
+        # The second input of a matmul must be signed for OpenVINO to run it in int8 (placement.py).
+        signed = True if key in plan.signed and act.signed is None else act.signed
+        return FakeQuantize(mode=act.mode, bits=bits, signed=signed, name=name)
 
     # ----------------------------------------------------------------- initialization
     def activation_quantizers(self, model):
         return [layer for layer in iter_layers(model) if isinstance(layer, FakeQuantize)]
 
     def weight_wrappers(self, model):
-        return [layer for layer in iter_layers(model) if isinstance(layer, QuantizeWrapper)]
+        """The layers holding weight quantizers (`QuantizeWrapper`, `AttentionQuantizeWrapper`)."""
+        return [layer for layer in iter_layers(model) if isinstance(layer, (QuantizeWrapper, AttentionQuantizeWrapper))]
 
     def num_init_samples(self):
         return max((c.num_init_samples for c in _range_configs(self.config)), default=0)
@@ -230,13 +265,18 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         originals = layers_by_path(original_model)
         kernels, axes, owners = {}, {}, {}
         for path, layer in layers_by_path(model).items():
-            while not isinstance(layer, QuantizeWrapper) and isinstance(layer, keras.layers.Wrapper):
+            quantizing = (QuantizeWrapper, AttentionQuantizeWrapper)
+            while not isinstance(layer, quantizing) and isinstance(layer, keras.layers.Wrapper):
                 layer = layer.layer
-            if not isinstance(layer, QuantizeWrapper) or path not in originals:
+            if not isinstance(layer, quantizing) or path not in originals:
                 continue
+            original = originals[path]
             for attr, quantizer in layer.quantizers.items():
                 name = f"{path}/{attr}"
-                kernels[name] = getattr(originals[path], attr)
+                if isinstance(layer, AttentionQuantizeWrapper):
+                    kernels[name] = projection_layers(original)[attr].kernel
+                else:
+                    kernels[name] = getattr(original, attr)
                 axes[name] = quantizer.spec.axis if quantizer.spec.axis is not None else -1
                 owners[name] = (layer, attr)
         data, seen = [], 0
@@ -342,7 +382,7 @@ class QuantizationAlgorithm(CompressionAlgorithm):
             )
         per_channel = sum(1 for r in weight_rows if r[4] == "per-channel")
         sizes = [
-            int(np.prod(getattr(unwrap(w), a).shape)) for w in self.weight_wrappers(model) for a in w.quantizers
+            int(np.prod(v.shape)) for w in self.weight_wrappers(model) for v in w.quantized_weights().values()
         ]
         figures = {
             "weight_quantizers": len(weight_rows),
@@ -360,12 +400,18 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         }
         if self.precision_budget is not None:
             figures["bits_budget"] = float(self.precision_budget)
+        skipped = dict(self.skipped)
+        for kind, paths in sorted(self.float_operations.items()):
+            listed = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+            skipped[f"operations {kind} ({len(paths)}: {listed})"] = (
+                "no quantization rule for this operation: it runs in float (quantizers are placed around it)"
+            )
         return {
             "figures": figures,
             "weights": (["layer", "weight", "bits", "mode", "granularity", "range"], weight_rows),
             "activations": (["quantizer", "bits", "mode", "sign", "range"], activation_rows),
             "mixed precision": (["weight", "parameters", "sensitivity", "bits"], self.precision_rows),
-            "skipped": dict(self.skipped),
+            "skipped": skipped,
         }
 
 

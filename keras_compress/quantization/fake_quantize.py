@@ -21,6 +21,8 @@ class FakeQuantize(keras.layers.Layer):
         bits: bit width, 2 to 8.
         signed: force signedness (True/False) or None to decide it at range init.
         narrow_range: use 2**bits - 1 levels.
+        frozen_range: a trained quantizer's range as constants (`Quantizer.frozen()`): the layer of
+            an inference model (`strip`), with no variables.
         **kwargs: base layer arguments.
 
     Example:
@@ -34,8 +36,9 @@ class FakeQuantize(keras.layers.Layer):
     #: value, so pruning passes channels through it.
     compression_role = "activation"
 
-    def __init__(self, mode="symmetric", bits=8, signed=None, narrow_range=False, **kwargs):
+    def __init__(self, mode="symmetric", bits=8, signed=None, narrow_range=False, frozen_range=None, **kwargs):
         super().__init__(**kwargs)
+        self.frozen_range = frozen_range
         self.quantizer = Quantizer(
             QuantizerSpec(mode=mode, bits=bits, signed=signed, narrow_range=narrow_range)
         )
@@ -49,8 +52,23 @@ class FakeQuantize(keras.layers.Layer):
         return self.quantizer.spec
 
     def build(self, input_shape=None):
-        self.quantizer.build(self, name="activation")
+        self.quantizer.build(self, name="activation", constants=self.frozen_range)
         self.built = True
+
+    def strip(self):
+        """The same quantizer with its range as constants: no variables in an inference model.
+
+        Every quantizer holds two variables; the exported SavedModel stores each twice, and
+        OpenVINO's TensorFlow frontend crashed (SIGSEGV, OpenVINO 2026.4) reading a SavedModel
+        whose variable index outgrew one 256 KiB block, about 2,400 variables: NASNetMobile with
+        8-bit quantizers had 2,604. With constant ranges its SavedModel has the FP32 model's 1,126.
+        """
+        if self.frozen_range is not None:
+            return self
+        config = {**self.get_config(), "frozen_range": self.quantizer.frozen()}
+        stripped = FakeQuantize.from_config(config)
+        stripped.build()
+        return stripped
 
     def call(self, inputs):
         if self.observer is not None:
@@ -69,5 +87,6 @@ class FakeQuantize(keras.layers.Layer):
             "bits": spec.bits,
             "signed": spec.signed,
             "narrow_range": spec.narrow_range,
+            "frozen_range": self.frozen_range,
         }
         return {**super().get_config(), **config}

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from keras_compress.quantization.quantizers import reduction_axes
+
 __all__ = [
     "quantization_error",
     "hutchinson_traces",
@@ -24,15 +26,15 @@ __all__ = [
 
 
 def quantization_error(w, bits, axis=-1):
-    """`||Q_b(w) - w||^2` for symmetric narrow-range per-channel quantization (channels on `axis`).
+    """`||Q_b(w) - w||^2` for symmetric narrow-range per-channel quantization (channels on `axis`, an
+    int or a tuple of axes).
 
     Example:
         >>> round(quantization_error(np.array([[1.0, 0.5]]), 2, axis=0), 4)
         0.25
     """
     w = np.asarray(w, "float64")
-    axis = axis % w.ndim
-    reduce = tuple(i for i in range(w.ndim) if i != axis)
+    reduce = reduction_axes(axis, w.ndim)
     scale = np.max(np.abs(w), axis=reduce, keepdims=True)
     scale = np.where(scale > 0, scale, 1.0)
     levels = 2 ** (bits - 1) - 1
@@ -105,8 +107,7 @@ def loss_perturbations(model, kernels, batches, bits_options, axes):
         original = keras.ops.convert_to_numpy(var)
         result[name] = {}
         for bits in bits_options:
-            axis = axes[name] % original.ndim
-            reduce = tuple(i for i in range(original.ndim) if i != axis)
+            reduce = reduction_axes(axes[name], original.ndim)
             scale = np.max(np.abs(original), axis=reduce, keepdims=True)
             scale = np.where(scale > 0, scale, 1.0)
             levels = 2 ** (bits - 1) - 1

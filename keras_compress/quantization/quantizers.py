@@ -19,6 +19,7 @@ __all__ = [
     "symmetric_range",
     "asymmetric_range",
     "fake_quantize",
+    "reduction_axes",
 ]
 
 _EPS = 1e-7
@@ -34,7 +35,8 @@ class QuantizerSpec:
         bits: bit width, 2 to 8.
         signed: True or False to force signedness, None to decide it from data at range init.
         per_channel: one range per channel along `axis` instead of one per tensor.
-        axis: the channel axis (per-channel only).
+        axis: the channel axis, or a tuple of axes (per-channel only): an EinsumDense kernel
+            `(C, heads, key_dim)` has one range per output unit, on axes (1, 2).
         narrow_range: use 2**bits - 1 levels (symmetric weights: -127..127 for 8 bits).
         half_range: quantize to bits - 1 during training (NNCF's overflow fix for CPUs without
             VNNI); `apply_overflow_fix` turns it into a full-width quantizer with the same grid.
@@ -57,6 +59,13 @@ class QuantizerSpec:
             raise ValueError(f"`bits` must be between 2 and 8. Received: bits={self.bits}")
         if self.per_channel and self.axis is None:
             raise ValueError("A per-channel quantizer needs `axis`. Received: axis=None")
+        if isinstance(self.axis, (list, tuple)):
+            self.axis = int(self.axis[0]) if len(self.axis) == 1 else tuple(int(a) for a in self.axis)
+            if isinstance(self.axis, tuple) and self.mode != "symmetric":
+                raise ValueError(
+                    "Several channel axes need a symmetric quantizer (TensorFlow's per-channel "
+                    f"fake-quant op takes one axis). Received: mode={self.mode!r}, axis={self.axis}"
+                )
 
     @property
     def train_bits(self):
@@ -64,7 +73,21 @@ class QuantizerSpec:
         return self.bits - 1 if self.half_range else self.bits
 
     def to_config(self):
-        return dataclasses.asdict(self)
+        config = dataclasses.asdict(self)
+        if isinstance(self.axis, tuple):
+            config["axis"] = list(self.axis)
+        return config
+
+
+def reduction_axes(axis, ndim):
+    """The axes a per-channel statistic reduces over: all but the channel `axis` (an int or a tuple).
+
+    Example:
+        >>> reduction_axes((1, 2), 3), reduction_axes(-1, 4)
+        ((0,), (0, 1, 2))
+    """
+    channels = {a % ndim for a in (axis if isinstance(axis, (list, tuple)) else (axis,))}
+    return tuple(i for i in range(ndim) if i not in channels)
 
 
 def symmetric_range(scale, signed, bits, narrow_range):
@@ -128,19 +151,34 @@ class Quantizer:
     def __init__(self, spec: QuantizerSpec):
         self.spec = spec
         self.variables = {}
+        self.is_frozen = False
 
-    def build(self, layer, name, weight_shape=None):
-        """Creates the range variables on `layer`.
+    def frozen(self):
+        """The current range as plain values (`{variable: list}`), for `build(constants=...)`."""
+        return {key: np.asarray(keras.ops.convert_to_numpy(value), "float32").tolist() for key, value in self.variables.items()}
+
+    def build(self, layer, name, weight_shape=None, constants=None):
+        """Creates the range variables on `layer` (or holds `constants` instead).
 
         Per-channel ranges have the weight's rank with the channels on `spec.axis` (for example
         `(1, 1, 1, C)` for a Conv2D kernel): they broadcast against the weight with no reshape
         op, so the exported graph holds plain constants that OpenVINO folds.
+
+        Args:
+            layer: the host layer of the variables.
+            name: prefix of the variable names.
+            weight_shape: the quantized weight's shape (per-channel quantizers).
+            constants: `frozen()` of a trained quantizer: the range is then a constant of the
+                graph, with no variable (an inference model, see `strip_model`).
         """
+        if constants is not None:
+            self.variables = {key: np.asarray(value, "float32") for key, value in constants.items()}
+            self.is_frozen = True
+            return
         shape = ()
         if self.spec.per_channel:
-            shape = [1] * len(weight_shape)
-            shape[self.spec.axis] = int(weight_shape[self.spec.axis])
-            shape = tuple(shape)
+            reduced = reduction_axes(self.spec.axis, len(weight_shape))
+            shape = tuple(1 if i in reduced else int(d) for i, d in enumerate(weight_shape))
         add = lambda n, value, trainable=True: layer.add_weight(  # noqa: E731
             name=f"{name}_{n}",
             shape=shape if n != "signed" else (),
@@ -208,7 +246,7 @@ class Quantizer:
             scale = np.maximum(np.abs(low), high) if signed else high
             scale = np.maximum(scale, 1e-4)
             self._assign("scale", scale)
-            self.variables["signed"].assign(1.0 if signed else 0.0)
+            self._assign("signed", 1.0 if signed else 0.0)
         else:
             rng = np.maximum(high - low, 1e-4)
             self._assign("input_low", low)
@@ -216,6 +254,9 @@ class Quantizer:
 
     def _assign(self, name, values):
         """Assigns per-channel values given as `[C]` (or a scalar) to a range variable."""
+        if self.is_frozen:
+            raise ValueError("A frozen quantizer (of a stripped, inference model) has a constant range. "
+                             f"Received: a new value for its {name!r}")
         var = self.variables[name]
         values = np.asarray(values, "float32")
         if values.size == int(np.prod(var.shape)):

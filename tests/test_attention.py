@@ -1,0 +1,182 @@
+"""MultiHeadAttention: reproduced with public ops, quantized where OpenVINO runs it in int8, saved, loaded,
+stripped and exported."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import keras_compress as kc  # noqa: E402
+from helpers import quantization_config  # noqa: E402
+from keras_compress.benchmark import compile_ir, compute_op_precisions, runtime_precisions  # noqa: E402
+from keras_compress.graph import iter_layers  # noqa: E402
+from keras_compress.quantization.attention import attention_equations  # noqa: E402
+
+L = keras.layers
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def float_wrapper(mha):
+    """An `AttentionQuantizeWrapper` around a copy of `mha`, with no quantizer."""
+    return kc.AttentionQuantizeWrapper(L.MultiHeadAttention.from_config(mha.get_config()), {}, None)
+
+
+def test_attention_equations_are_keras_ones():
+    assert attention_equations(4, (1,)) == ("aecd,abcd->acbe", "acbe,aecd->abcd", 4)
+    # Attention over two axes of a (B, H, W, heads, dim) tensor: scores (B, heads, H, W, H', W').
+    assert attention_equations(5, (1, 2)) == ("afgde,abcde->adbcfg", "adbcfg,afgde->abcde", 6)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["self", "cross_with_key", "attention_mask", "causal", "keras_mask", "keras_mask_dropout", "two_attention_axes",
+     "scores"],
+)  # fmt: skip
+def test_the_wrapper_computes_what_multi_head_attention_computes(case):
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    # With dropout (inactive at inference) Keras takes another path, which treats a fully masked query
+    # row differently (padding tokens, `keras_mask` cases).
+    dropout = 0.1 if case == "keras_mask_dropout" else 0.0
+    mha = L.MultiHeadAttention(2, 4, dropout=dropout, attention_axes=(1, 2) if case == "two_attention_axes" else None)
+    shape = (2, 3, 4, 6) if case == "two_attention_axes" else (2, 5, 6)
+    x = rng.normal(size=shape).astype("float32")
+    y = rng.normal(size=(2, 7, 6)).astype("float32")
+    kwargs, args = {}, (x, x)
+    if case == "cross_with_key":
+        args = (x, y, rng.normal(size=(2, 7, 6)).astype("float32"))
+    elif case == "attention_mask":
+        kwargs["attention_mask"] = rng.uniform(size=(2, 5, 5)) > 0.3
+    elif case == "causal":
+        kwargs["use_causal_mask"] = True
+    elif case == "scores":
+        kwargs["return_attention_scores"] = True
+    wrapper = float_wrapper(mha)
+    if case.startswith("keras_mask"):  # masks carried by the tensors, from an Embedding with mask_zero
+        ids = keras.Input((5,), dtype="int32")
+        embedded = L.Embedding(10, 6, mask_zero=True)(ids)
+        build = lambda layer: keras.Model(ids, layer(embedded, embedded))  # noqa: E731
+        reference, model = build(mha), build(wrapper)
+        model.set_weights(reference.get_weights())
+        tokens = np.array([[1, 2, 3, 0, 0], [4, 5, 0, 0, 0]], "int32")
+        expected, got = reference(tokens), model(tokens)
+    else:
+        expected = mha(*args, **kwargs)
+        wrapper(*args, **kwargs)
+        wrapper.layer.set_weights(mha.get_weights())
+        got = wrapper(*args, **kwargs)
+    for e, g in zip(keras.tree.flatten(expected), keras.tree.flatten(got)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(e), atol=2e-6)
+
+
+def attention_model():
+    """A post-norm transformer block with an `x + attention(x)` residual and a Dense head."""
+    inputs = keras.Input((16, 32), name="tokens")
+    attended = L.MultiHeadAttention(4, 8, name="attention")(inputs, inputs)
+    x = L.LayerNormalization(name="norm")(inputs + attended)
+    # A trained model's bias: OpenVINO drops an all-zero bias, and then ran Dense(gelu) as two FullyConnected.
+    x = L.Dense(64, activation="gelu", bias_initializer=keras.initializers.Constant(0.01), name="up")(x)
+    return keras.Model(inputs, L.Dense(4, name="head")(L.GlobalAveragePooling1D(name="pool")(x)), name="block")
+
+
+def test_multi_head_attention_is_quantized_and_runs_int8_in_openvino(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = attention_model()
+    x = np.random.default_rng(0).normal(size=(32, 16, 32)).astype("float32")
+    compressed, ctrl = kc.compress(model, quantization_config(), dataset=x)
+    wrapper = compressed.get_layer("attention")
+    assert isinstance(wrapper, kc.AttentionQuantizeWrapper)
+    # The kernels have one range per output unit: (C, heads, key_dim) for q/k/v, (heads, key_dim, C) for output.
+    shapes = {name: tuple(q.variables["scale"].shape) for name, q in wrapper.quantizers.items()}
+    assert shapes == {"query": (1, 4, 8), "key": (1, 4, 8), "value": (1, 4, 8), "output": (1, 1, 32)}
+    fqs = wrapper.activation_quantizers
+    assert not fqs["probabilities"].quantizer.is_signed  # the softmax output: u8
+    assert all(fqs[name].quantizer.is_signed for name in ("query", "key", "value"))
+    # The attention quantizes its own inputs: the graph puts no quantizer in front of it, and the
+    # residual add, normalized before it is read, stays in float.
+    graph_quantizers = {layer.name for layer in compressed.layers if isinstance(layer, kc.FakeQuantize)}
+    assert graph_quantizers == {"norm_quantizer", "up_quantizer", "pool_quantizer"}
+    figures = ctrl.statistics().figures()
+    assert figures["quantization/weight_quantizers"] == 4 + 2  # four projections, two Dense
+    # The logits of this random block move by about 11% (the quantizer of the pooled features alone makes
+    # 10 of them; with the activation quantizers off it is 0.9%): a lost weight or a wrong matmul is 100%.
+    reference, output = model.predict(x, verbose=0), compressed.predict(x, verbose=0)
+    assert np.linalg.norm(output - reference) < 0.2 * np.linalg.norm(reference)
+
+    xml = kc.export(compressed, tmp_path / "block")
+    compiled = compile_ir(xml, "f32")
+    counts = compute_op_precisions(compiled, xml)
+    # Four projections and two Dense layers, and both attention matmuls (fused into OpenVINO's MHA kernel).
+    assert counts == {("FullyConnected", "i8"): 6, ("MatMul", "i8"): 2}, counts
+    # Without the fused kernel the two attention matmuls are plain MatMul ops: i8 (Q K^T) and u8 (P V).
+    import openvino as ov
+
+    plain = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "SNIPPETS_MODE": "DISABLE"})
+    assert runtime_precisions(plain, ("MatMul",)) == {("MatMul", "i8"): 1, ("MatMul", "u8"): 1}
+    got = compiled(x[:8])[0]
+    expected = compressed.predict(x[:8], verbose=0)
+    assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()
+
+
+def test_quantized_attention_trains_saves_loads_in_a_new_process_and_strips(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = attention_model()
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 16, 32)).astype("float32"), rng.integers(0, 4, 32)
+    compressed, ctrl = kc.compress(model, quantization_config(), dataset=x)
+    compressed.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    wrapper = compressed.get_layer("attention")
+    scales = [v for v in wrapper.trainable_weights if v.name.endswith("_scale")]
+    before = [np.array(v) for v in scales]
+    compressed.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=ctrl.callbacks())
+    assert len(scales) == 4 + 7  # four kernels; the inputs (query, value), Q, K, P, V and the context
+    assert sum(not np.allclose(b, np.array(v)) for b, v in zip(before, scales)) >= 6  # the ranges are trained
+    path = tmp_path / "block.keras"
+    compressed.save(path)
+    expected = compressed.predict(x[:4], verbose=0)
+    np.save(tmp_path / "x.npy", x[:4])
+    code = f"""
+        import numpy as np, keras, keras_compress
+        model = keras.saving.load_model({str(path)!r})
+        print(float(np.abs(model.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0)).sum()))
+    """
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                            timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout.split()[-1]) == pytest.approx(float(np.abs(expected).sum()), rel=1e-5)
+
+    stripped = ctrl.strip()
+    np.testing.assert_allclose(stripped.predict(x[:4], verbose=0), expected, atol=1e-5)
+    # An inference model: ranges are constants, not variables (OpenVINO's converter crashed on SavedModels
+    # with too many variables); it has exactly the FP32 model's variables.
+    assert len(stripped.variables) == len(model.variables)
+    frozen = [layer for layer in iter_layers(stripped) if isinstance(layer, kc.AttentionQuantizeWrapper)]
+    assert len(frozen) == 1 and frozen[0].frozen_ranges is not None
+
+
+def test_attention_variants_that_the_wrapper_does_not_reproduce_are_listed():
+    inputs = keras.Input((4, 8))
+    gated = L.MultiHeadAttention(2, 4, use_gate=True, name="gated")(inputs, inputs)
+    model = keras.Model(inputs, L.Dense(2, name="head")(gated))
+    compressed, ctrl = kc.compress(model, quantization_config(), dataset=np.ones((4, 4, 8), "float32"))
+    assert ctrl.statistics().skipped() == {"gated": "quantization: MultiHeadAttention with use_gate=True is not supported"}
+    assert isinstance(compressed.get_layer("gated"), L.MultiHeadAttention)
+
+
+@pytest.mark.parametrize("algorithm", ["magnitude_sparsity", "filter_pruning"])
+def test_other_algorithms_list_the_attention_with_the_reason(algorithm):
+    model = attention_model()
+    _, ctrl = kc.compress(model, {"compression": {"algorithm": algorithm}}, dataset=np.ones((4, 16, 32), "float32"))
+    reason = ctrl.statistics().skipped()["attention"]
+    assert reason == f"{algorithm}: attention layers are " + (
+        "not sparsified by magnitude_sparsity" if algorithm == "magnitude_sparsity" else "not pruned (only convolution "
+        "filters are)"
+    )
