@@ -1,18 +1,21 @@
-"""Runs every benchmark and writes docs/benchmarks.md (tables, machine, versions).
+"""Runs the benchmarks and writes docs/benchmarks.md (tables, machine, versions).
 
-    python benchmarks/run_all.py [--quick] [--sections tfmot int8 pruning sparsity memory]
-                                 [--output docs/benchmarks.md]
+    python benchmarks/run_all.py [--quick] [--sections int8 transformers ...] [--output docs/benchmarks.md]
 
 Sections (each runs in its own subprocess, so one's memory and threads do not bleed into
-the next):
-  tfmot     keras_compress QAT (Keras 3) vs tfmot QAT (tf_keras): accuracy, train-step
-            overhead, INT8 IR latency (benchmarks/tfmot_compare.py)
-  int8      INT8 vs FP32 (f32 hint and default) vs NNCF post-training INT8 for ResNet50,
-            MobileNetV2, EfficientNetB0, and digits accuracy (benchmarks/int8_speed.py)
-  pruning   filter-pruning speedups (benchmarks/pruning_speed.py, when it exists)
-  sparsity  sparsity levels reached by magnitude, RB and movement sparsity on digits
-  memory    time and peak RSS of kc.compress (range init + BN adaptation) on ResNet50
-Needs the `bench` and `demo` extras. `--quick` takes about 10 minutes on 2 cores.
+the next; `--sections` reruns those and keeps the page's other sections as they were measured):
+  tfmot         keras_compress QAT (Keras 3) vs tfmot QAT (tf_keras): accuracy, train-step
+                overhead, INT8 IR latency (benchmarks/tfmot_compare.py)
+  int8          INT8 vs FP32 (f32 hint and default) vs NNCF post-training INT8 for ResNet50,
+                MobileNetV2, EfficientNetB0, and digits accuracy (benchmarks/int8_speed.py)
+  transformers  BERT- and ViT-style models: int8 share, latency vs NNCF PTQ (TRANSFORMER preset),
+                a digits ViT's QAT accuracy (benchmarks/transformers.py)
+  coverage      the smallest model of every keras.applications family (benchmarks/coverage.py)
+  pruning       filter-pruning speedups (benchmarks/pruning_speed.py)
+  sparsity      sparsity levels reached by magnitude, RB and movement sparsity on digits
+  memory        time and peak RSS of kc.compress (range init + BN adaptation) on ResNet50
+  subclassed    a subclassed model vs the same Functional model (benchmarks/subclassed.py)
+Needs the `bench` and `demo` extras.
 """
 
 from __future__ import annotations
@@ -32,9 +35,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from report import ROOT, machine_markdown, md_table  # noqa: E402
+from report import ROOT, git_commit, machine_markdown, md_table  # noqa: E402
 
-SECTIONS = ("tfmot", "int8", "pruning", "sparsity", "memory")
+SECTIONS = ("tfmot", "int8", "transformers", "coverage", "pruning", "sparsity", "memory", "subclassed")
 APPLICATIONS = ("ResNet50", "MobileNetV2", "EfficientNetB0")
 
 
@@ -95,17 +98,29 @@ def section_int8(quick):
     )
 
 
-def section_pruning(quick):
-    script = HERE / "pruning_speed.py"
-    if not script.is_file():
-        return "Pending: `benchmarks/pruning_speed.py` (filter pruning) is not in this checkout yet."
-    command = [sys.executable, str(script)] + (["--quick"] if quick else [])
+def script_section(name, quick):
+    """The output of `benchmarks/<name>.py [--quick]` as Markdown (its tables become Markdown tables)."""
+    command = [sys.executable, str(HERE / f"{name}.py")] + (["--quick"] if quick else [])
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if result.returncode != 0:
-        return f"`benchmarks/pruning_speed.py` failed (exit {result.returncode}):\n\n```\n{result.stderr[-3000:]}\n```"
-    return f"Output of `python benchmarks/pruning_speed.py{' --quick' if quick else ''}`:\n\n" + text_to_markdown(
-        result.stdout
-    )
+        raise RuntimeError(f"benchmarks/{name}.py failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+    return f"Output of `python benchmarks/{name}.py{' --quick' if quick else ''}`:\n\n" + text_to_markdown(result.stdout)
+
+
+def section_pruning(quick):
+    return script_section("pruning_speed", quick)
+
+
+def section_transformers(quick):
+    return script_section("transformers", quick)
+
+
+def section_coverage(quick):
+    return script_section("coverage", quick)
+
+
+def section_subclassed(quick):
+    return script_section("subclassed", quick)
 
 
 def text_to_markdown(text):
@@ -255,9 +270,12 @@ def section_memory(quick):
 TITLES = {
     "tfmot": "keras_compress vs tfmot: QAT on the same models",
     "int8": "INT8 vs FP32 vs NNCF post-training quantization in OpenVINO",
+    "transformers": "Transformers: INT8 share, latency and accuracy vs NNCF post-training quantization",
+    "coverage": "Coverage: every keras.applications family",
     "pruning": "Filter pruning speedups",
     "sparsity": "Sparsity levels reached",
     "memory": "Time and memory of kc.compress on ResNet50",
+    "subclassed": "Subclassed models vs the same Functional model",
 }
 FUNCTIONS = {
     "tfmot": section_tfmot,
@@ -265,6 +283,9 @@ FUNCTIONS = {
     "pruning": section_pruning,
     "sparsity": section_sparsity,
     "memory": section_memory,
+    "subclassed": section_subclassed,
+    "transformers": section_transformers,
+    "coverage": section_coverage,
 }
 
 
@@ -284,30 +305,55 @@ def run_section_subprocess(name, quick):
         return out.read_text().strip(), seconds, True
 
 
-def page(sections, quick, texts, seconds):
+def section_stamp(seconds, quick):
+    """The line that opens a section: when, on which commit and how it was measured."""
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    command = "python benchmarks/run_all.py" + (" --quick" if quick else "")
+    mode = ", quick mode: fewer seeds, samples and rounds" if quick else ""
+    return f"*Measured {now} on commit `{git_commit()}` in {seconds / 60:.0f} min{mode}.*"
+
+
+def existing_sections(path):
+    """`{name: text}` of the sections of an existing page (a section without its own stamp gets the
+    page's generation date, which older pages carried for all sections)."""
+    if not path.is_file():
+        return {}
+    text = path.read_text()
+    generated = re.search(r"Generated by `[^`]*` on ([^(]+?) \(", text)
+    commit_line = re.search(r"keras_compress commit: `(\w+)`", text)
+    sections = {}
+    parts = re.split(r"^## .*? \{#(\w+)\}\n", text, flags=re.M)
+    for name, body in zip(parts[1::2], parts[2::2]):
+        body = body.strip()
+        if not body.startswith("*Measured") and generated:
+            body = f"*Measured {generated.group(1)} on commit `{commit_line.group(1) if commit_line else '?'}`.*\n\n{body}"
+        sections[name] = body
+    return sections
+
+
+def page(texts):
+    command = "python benchmarks/run_all.py"
     lines = [
         "# Benchmarks",
         "",
-        f"Generated by `{command}` on {now} ({sum(seconds.values()) / 60:.0f} minutes); do not edit by "
-        "hand. Rerun it after `pip install -e \".[bench,demo]\"` to measure your machine.",
+        f"Generated by `{command}`; do not edit by hand. Each section says when and on which commit it "
+        "was measured (`--sections` reruns some sections and keeps the others). Rerun it after "
+        '`pip install -e ".[bench,demo]"` to measure your machine.',
         "",
         "!!! note \"How to read these numbers\"",
         "    The machine has 2 cores (shared, virtualized), so absolute times are noisy. "
         "Every comparison is a **ratio measured in one process, in interleaved rounds** (model A, "
         "model B, model A, ...; median over rounds), so slow drifts of the machine affect both "
         "sides alike. Compare ratios, not absolute milliseconds, and do not compare numbers across "
-        "sections or runs."
-        + (" This page was produced in quick mode: fewer seeds, samples and rounds." if quick else ""),
+        "sections or runs.",
         "",
         "## Machine and versions",
         "",
         machine_markdown(),
         "",
     ]
-    for name in sections:
-        lines += [f"## {TITLES[name]} {{#{name}}}", "", texts[name], ""]
+    for name in SECTIONS:
+        if name in texts:
+            lines += [f"## {TITLES[name]} {{#{name}}}", "", texts[name], ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -335,7 +381,9 @@ def main(argv=None):
         if not ok:
             failed.append(name)
     output = Path(args.output)
-    output.write_text(page(args.sections, args.quick, texts, seconds))
+    texts = {**existing_sections(output), **{name: f"{section_stamp(seconds[name], args.quick)}\n\n{texts[name]}"
+                                              for name in texts}}
+    output.write_text(page(texts))
     print(f"[run_all] wrote {output}")
     return 1 if failed else 0
 

@@ -190,7 +190,8 @@ class QuantizationAlgorithm(CompressionAlgorithm):
             return [node.name, f"{prefix(node)}{node.name}"]
 
         for node in graph.calls:
-            if node.role == "other" and not isinstance(node.layer, keras.layers.Layer):
+            operation = isinstance(node.layer, keras.Operation) and not isinstance(node.layer, keras.layers.Layer)
+            if node.role == "other" and operation:  # a keras.ops operation of a Functional graph
                 self.float_operations.setdefault(type(node.layer).__name__, []).append(f"{prefix(node)}{node.name}")
         weight_quantized = {id(node.layer) for node in graph.calls if self.selects_weights(node.layer, prefix(node))}
         act = self.config.activations
