@@ -96,7 +96,7 @@ PYTHON_PAGES = [p for p in PAGES if any(lang == "python" for lang, *_ in blocks(
 def test_the_snippets_are_found():
     names = {p.name for p in PYTHON_PAGES}
     assert {"README.md", "index.md", "quickstart.md", "quantization.md", "pruning.md", "sparsity.md",
-            "training.md", "config.md", "export.md", "migration-nncf.md", "migration-tfmot.md"} <= names  # fmt: skip
+            "training.md", "config.md", "export.md", "migration-nncf.md", "migration-tfmot.md", "transformers.md"} <= names  # fmt: skip
     skipped = [(p.name, line) for p in PAGES for lang, _, skip, line in blocks(p) if skip]
     assert sorted({name for name, _ in skipped}) == ["migration-nncf.md", "migration-tfmot.md"], skipped
 
