@@ -95,6 +95,21 @@ config = {"compression": {"algorithm": "quantization", "weights": {"per_channel"
           "initializer": {"range": {"num_init_samples": 1}, "batchnorm_adaptation": {"num_bn_adaptation_samples": 1}}}}
 loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 workdir = tempfile.mkdtemp()
+
+def layer_diff(compressed, stripped):
+    # Layer by layer, on generated inputs: the whole model's output is no check, since a float
+    # difference of 1e-6 (a baked weight against its fake-quant at run time) that lands on a rounding
+    # boundary moves an activation one step, which a random deep network amplifies (DenseNet121: 65%).
+    rng, worst = np.random.default_rng(1), 0.0
+    inference = {layer.name: layer for layer in stripped.layers}
+    assert [layer.name for layer in compressed.layers] == list(inference)
+    for layer in compressed.layers[1:]:
+        if isinstance(layer.input, (list, tuple)):
+            continue  # merges have no weights
+        t = rng.normal(size=(1, *layer.input.shape[1:])).astype("float32")
+        a, b = np.asarray(layer(t)), np.asarray(inference[layer.name](t))
+        worst = max(worst, float(np.abs(a - b).max() / (np.abs(a).max() + 1e-12)))
+    return worst
 for name, size in json.loads(sys.argv[1]):
     keras.utils.set_random_seed(0)
     model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3), classifier_activation=None)
@@ -107,7 +122,7 @@ for name, size in json.loads(sys.argv[1]):
         "model": name, "loss": history.history["loss"][-1], "skipped": ctrl.statistics().skipped(),
         "weight_quantizers": ctrl.statistics().figures()["quantization/weight_quantizers"],
         "variables": [len(model.variables), len(compressed.variables), len(stripped.variables)],
-        "strip_diff": float(np.abs(stripped(x) - compressed(x)).max() / (np.abs(compressed(x)).max() + 1e-12)),
+        "strip_diff": layer_diff(compressed, stripped),
     }
     if name in sys.argv[2].split(","):
         compressed.save(f"{workdir}/{name}.keras")
@@ -152,7 +167,10 @@ def test_the_smallest_model_of_every_family_compresses_trains_strips_and_exports
         # Quantizers hold ranges; the inference model holds them as constants: exactly the FP32 variables
         # (OpenVINO's converter crashed on NASNetMobile's SavedModel with its 2,604 variables).
         assert compressed > fp32 and stripped == fp32, (name, r["variables"])
-        assert r["strip_diff"] < 1e-4, name  # relative: a random EfficientNet's logits reach 1e23 after a step
+        # Every stripped layer computes what it did, up to a rounding flip in the quantizer between the parts
+        # of a separable convolution (NASNetMobile: 1.5e-3 of the output range; a wrong range or weight moves
+        # whole outputs by far more).
+        assert r["strip_diff"] < 1e-2, (name, r["strip_diff"])
     for name in EXPORTED:
         runtime = results[name]["runtime"]
         assert all(key.endswith((":u8", ":i8")) for key in runtime), (name, runtime)
