@@ -135,7 +135,8 @@ def text_to_markdown(text):
             header = [c.strip() for c in line.split(" | ")]
             rows, i = [], i + 2
             while i < len(lines) and " | " in lines[i]:
-                rows.append([c.strip() for c in lines[i].split(" | ")])
+                # A row whose last cell is empty ends in "|" (lines are right-stripped).
+                rows.append([c.strip() for c in (lines[i] + " ").split(" | ")])
                 i += 1
             out += ["", md_table(header, rows), ""]
             continue
