@@ -79,7 +79,7 @@ def measure(name, family, size, calib_count, rounds, iterations, workdir):
 
     import keras_compress as kc
     from int8_speed import nncf_ptq
-    from keras_compress.benchmark import compile_ir, compute_op_precisions
+    from keras_compress.benchmark import benchmark_models, compile_ir, compute_op_precisions
     from keras_compress.bn_adaptation import adapt_batchnorm
 
     rng = np.random.default_rng(0)
@@ -115,28 +115,12 @@ def measure(name, family, size, calib_count, rounds, iterations, workdir):
     got = np.concatenate([compile_ir(kc_xml, "f32")(test[i : i + 1])[0] for i in range(len(test))])
     result["agreement"] = float(np.abs(got - expected).max() / (np.abs(expected).max() + 1e-12))
     result["top1"] = float(np.mean(got.argmax(-1) == expected.argmax(-1)))
-    times = interleaved(compiled, test[:1], rounds, iterations)
-    result["latency_ms"] = {k: float(np.median(v)) for k, v in times.items()}
-    ratio = np.array(times["kc (default)"]) / np.array(times["NNCF (default)"])
+    times = benchmark_models(compiled, rounds=rounds, iterations=iterations, inputs={k: test[:1] for k in compiled})
+    result["latency_ms"] = {k: v["latency_ms"] for k, v in times.items()}
+    ratio = np.array(times["kc (default)"]["rounds_ms"]) / np.array(times["NNCF (default)"]["rounds_ms"])
     result["kc_vs_nncf"] = [float(np.median(ratio)), float(ratio.min()), float(ratio.max())]
     result.update(prune_and_sparsify(model, calib[:4]))
     return result
-
-
-def interleaved(compiled, x, rounds, iterations, warmup=5):
-    """`{name: [mean ms of each round]}`, models in turn within every round."""
-    requests = {name: c.create_infer_request() for name, c in compiled.items()}
-    for request in requests.values():
-        for _ in range(warmup):
-            request.infer(x)
-    times = {name: [] for name in compiled}
-    for _ in range(rounds):
-        for name, request in requests.items():
-            start = time.perf_counter()
-            for _ in range(iterations):
-                request.infer(x)
-            times[name].append((time.perf_counter() - start) / iterations * 1000.0)
-    return times
 
 
 def prune_and_sparsify(model, calib):

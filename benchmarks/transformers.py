@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 
 import keras_compress as kc  # noqa: E402
-from keras_compress.benchmark import compile_ir, compute_op_precisions  # noqa: E402
+from keras_compress.benchmark import benchmark_models, compile_ir, compute_op_precisions  # noqa: E402
 from keras_compress.statistics import format_table  # noqa: E402
 
 
@@ -129,22 +129,6 @@ def int8_share(compiled, xml):
     return int8, total, counts
 
 
-def interleaved_latency(compiled, inputs, rounds, iterations, warmup=20):
-    """`{name: [mean ms of each round]}`: every model runs `iterations` times per round, in turn."""
-    requests = {name: c.create_infer_request() for name, c in compiled.items()}
-    for request in requests.values():
-        for _ in range(warmup):
-            request.infer(inputs)
-    times = {name: [] for name in compiled}
-    for _ in range(rounds):
-        for name, request in requests.items():
-            start = time.perf_counter()
-            for _ in range(iterations):
-                request.infer(inputs)
-            times[name].append((time.perf_counter() - start) / iterations * 1000.0)
-    return times
-
-
 def bench_model(name, model, workdir, calib_count, rounds, iterations):
     """Int8 shares, agreement and latencies of one model's FP32, keras_compress and NNCF IRs."""
     calib = sample_inputs(model, calib_count)
@@ -165,16 +149,18 @@ def bench_model(name, model, workdir, calib_count, rounds, iterations):
         [compiled["keras_compress INT8 (f32)"]({k: v[i : i + 1] for k, v in test.items()})[0] for i in range(16)]
     )
     agreement = float(np.abs(got - expected).max() / (np.abs(expected).max() + 1e-12))
-    times = interleaved_latency(compiled, one, rounds, iterations)
+    times = benchmark_models(compiled, rounds=rounds, iterations=iterations, warmup=20, inputs={k: one for k in compiled})
     xmls = {"FP32": fp32_xml, "keras_compress INT8": kc_xml, "NNCF PTQ INT8": nncf_xml}
     shares = {label: int8_share(compiled[f"{label} (f32)"], xml) for label, xml in xmls.items()}
     result = {"model": name, "compress_s": compress_s, "agreement": agreement, "shares": {}, "latency": {}, "ratios": {}}
     for label, (int8, total, counts) in shares.items():
         result["shares"][label] = {"int8": int8, "total": total, "counts": {f"{t}:{p}": n for (t, p), n in counts.items()}}
     for key, values in times.items():
-        result["latency"][key] = float(np.median(values))
+        result["latency"][key] = values["latency_ms"]
     for hint in ("f32", "default"):
-        per_round = np.array(times[f"keras_compress INT8 ({hint})"]) / np.array(times[f"NNCF PTQ INT8 ({hint})"])
+        per_round = np.array(times[f"keras_compress INT8 ({hint})"]["rounds_ms"]) / np.array(
+            times[f"NNCF PTQ INT8 ({hint})"]["rounds_ms"]
+        )
         result["ratios"][hint] = [float(np.median(per_round)), float(per_round.min()), float(per_round.max())]
     return result
 

@@ -114,11 +114,12 @@ def benchmark_models(models, batch_size=1, rounds=7, iterations=20, warmup=5, in
         inputs: optional `{name: inputs}`; random inputs otherwise.
 
     Returns:
-        `{name: {"latency_ms": median, "throughput": samples per second, "p90_ms": ...}}`.
+        `{name: {"latency_ms": median, "throughput": samples per second, "p90_ms": ..., "rounds_ms":
+        [mean of each round]}}` (compare two models round by round: the ratio of their `rounds_ms`).
     """
     requests = {name: compiled.create_infer_request() for name, compiled in models.items()}
     data = {
-        name: (inputs or {}).get(name) or _random_inputs(compiled, batch_size)
+        name: _random_inputs(compiled, batch_size) if (inputs or {}).get(name) is None else inputs[name]
         for name, compiled in models.items()
     }
     for name, request in requests.items():
@@ -139,5 +140,6 @@ def benchmark_models(models, batch_size=1, rounds=7, iterations=20, warmup=5, in
             "latency_ms": median,
             "p90_ms": float(np.percentile(samples, 90)),
             "throughput": batch_size * 1000.0 / median,
+            "rounds_ms": [float(r.mean()) for r in np.array_split(samples, rounds)],
         }
     return results

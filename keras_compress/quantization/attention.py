@@ -30,7 +30,7 @@ from keras import ops
 
 from keras_compress.compressible import attention_reason, call_with_weights, weight_channel_axes
 from keras_compress.quantization.fake_quantize import FakeQuantize
-from keras_compress.quantization.quantizers import Quantizer, QuantizerSpec, reduction_axes
+from keras_compress.quantization.quantizers import Quantizer, QuantizerSpec
 
 __all__ = ["AttentionQuantizeWrapper", "PROJECTIONS", "attention_equations", "projection_layers"]
 
@@ -216,13 +216,7 @@ class AttentionQuantizeWrapper(keras.layers.Wrapper):
     def initialize_ranges_from_weights(self):
         """Sets each kernel quantizer's range to the per-channel min/max of the current kernel."""
         for name, kernel in self.quantized_weights().items():
-            quantizer = self.quantizers[name]
-            w = ops.convert_to_numpy(kernel)
-            if quantizer.spec.per_channel:
-                reduce = reduction_axes(quantizer.spec.axis, w.ndim)
-                quantizer.set_range(w.min(axis=reduce, keepdims=True), w.max(axis=reduce, keepdims=True))
-            else:
-                quantizer.set_range(w.min(), w.max())
+            self.quantizers[name].set_range_from_weights(ops.convert_to_numpy(kernel))
 
     def apply_overflow_fix(self):
         """Bakes half-range quantized kernels into the kernels and widens their quantizers (see

@@ -7,7 +7,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_compress.quantization.fake_quantize import FakeQuantize
-from keras_compress.quantization.quantizers import Quantizer, QuantizerSpec, reduction_axes
+from keras_compress.quantization.quantizers import Quantizer, QuantizerSpec
 from keras_compress.wrapper import WeightsWrapper, unwrap
 
 __all__ = ["QuantizeWrapper"]
@@ -89,12 +89,7 @@ class QuantizeWrapper(WeightsWrapper):
         """Sets each weight quantizer's range to the min/max of the current weights."""
         base = unwrap(self)
         for attr, quantizer in self.quantizers.items():
-            w = ops.convert_to_numpy(getattr(base, attr))
-            if quantizer.spec.per_channel:
-                reduce = reduction_axes(quantizer.spec.axis, w.ndim)
-                quantizer.set_range(w.min(axis=reduce, keepdims=True), w.max(axis=reduce, keepdims=True))
-            else:
-                quantizer.set_range(w.min(), w.max())
+            quantizer.set_range_from_weights(ops.convert_to_numpy(getattr(base, attr)))
 
     def call_hooks(self):
         if self.pointwise_input_quantizer is None:

@@ -231,6 +231,14 @@ class Quantizer:
             return None
         return bool(keras.ops.convert_to_numpy(self.variables["signed"]) > 0.5)
 
+    def set_range_from_weights(self, w):
+        """Sets the range to the min/max of weight array `w`: per channel (over `spec.axis`) or per tensor."""
+        if self.spec.per_channel:
+            reduce = reduction_axes(self.spec.axis, w.ndim)
+            self.set_range(w.min(axis=reduce, keepdims=True), w.max(axis=reduce, keepdims=True))
+        else:
+            self.set_range(w.min(), w.max())
+
     def set_range(self, low, high):
         """Sets the range from observed statistics (scalars or per-channel arrays).
 
