@@ -84,6 +84,10 @@ SMALLEST = {
 #: graph (MobileNetV3's hard-swish, ConvNeXt's residuals), LayerNormalization and Dense on feature maps
 #: (ConvNeXt), separable convolutions (Xception).
 EXPORTED = ("MobileNetV3Small", "ConvNeXtTiny", "Xception")
+#: Families whose smallest model filter pruning takes below 90% of its FLOPs. The others are listed with the
+#: reason: separable convolutions (NASNet, Xception) and grouped convolutions (ConvNeXt) do not take pruned
+#: inputs.
+PRUNED_FAMILIES = 11
 
 APPLICATIONS_CHILD = """
 import json, os, sys, tempfile
@@ -93,6 +97,9 @@ from keras_compress.benchmark import compile_ir, compute_op_precisions
 from keras_compress.export.strip import strip_model
 config = {"compression": {"algorithm": "quantization", "weights": {"per_channel": True},
           "initializer": {"range": {"num_init_samples": 1}, "batchnorm_adaptation": {"num_bn_adaptation_samples": 1}}}}
+prune_and_sparsify = {"compression": [
+    {"algorithm": "filter_pruning", "pruning_init": 0.5, "initializer": {"batchnorm_adaptation": {"num_bn_adaptation_samples": 0}}},
+    {"algorithm": "magnitude_sparsity", "sparsity_init": 0.5}]}
 loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 workdir = tempfile.mkdtemp()
 
@@ -124,6 +131,13 @@ for name, size in json.loads(sys.argv[1]):
         "variables": [len(model.variables), len(compressed.variables), len(stripped.variables)],
         "strip_diff": layer_diff(compressed, stripped),
     }
+    pruned, pruning_ctrl = kc.compress(model, prune_and_sparsify, dataset=x, verbose=0)
+    pruned.compile(optimizer="sgd", loss=loss, run_eagerly=True)
+    pruning_history = pruned.fit(x, np.zeros(1), epochs=1, verbose=0, callbacks=pruning_ctrl.callbacks())
+    figures = pruning_ctrl.statistics().figures()
+    result["pruning"] = {"loss": pruning_history.history["loss"][-1], "flops_ratio": figures["filter_pruning/flops_ratio"],
+                         "sparsity": figures["magnitude_sparsity/sparsity_level"],
+                         "left": sorted({r.split(": ", 1)[1] for r in pruning_ctrl.statistics().skipped().values()})}
     if name in sys.argv[2].split(","):
         compressed.save(f"{workdir}/{name}.keras")
         xml = kc.export(keras.saving.load_model(f"{workdir}/{name}.keras"), f"{workdir}/{name}")
@@ -146,7 +160,8 @@ def test_every_family_is_listed():
 @pytest.mark.slow
 def test_the_smallest_model_of_every_family_compresses_trains_strips_and_exports(tmp_path):
     """kc.compress -> one fit step -> strip for every family; .keras save/load -> kc.export -> every
-    Convolution, FullyConnected and MatMul in u8/i8 for the families in EXPORTED."""
+    Convolution, FullyConnected and MatMul in u8/i8 for the families in EXPORTED; filter pruning and
+    sparsity -> one fit step for every family."""
     models = sorted(set(SMALLEST.values()))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "TF_CPP_MIN_LOG_LEVEL": "3",
            "CI": "true"}  # fmt: skip  (CI: no OpenVINO telemetry, 2-4 s per converter process)
@@ -171,6 +186,12 @@ def test_the_smallest_model_of_every_family_compresses_trains_strips_and_exports
         # of a separable convolution (NASNetMobile: 1.5e-3 of the output range; a wrong range or weight moves
         # whole outputs by far more).
         assert r["strip_diff"] < 1e-2, (name, r["strip_diff"])
+        # Filter pruning (half the filters of every prunable group) and 50% magnitude sparsity, one step.
+        pruning = r["pruning"]
+        assert np.isfinite(pruning["loss"]) and abs(pruning["sparsity"] - 0.5) < 0.01, (name, pruning)
+        assert pruning["flops_ratio"] < 0.9 or pruning["left"], (name, pruning)  # pruned, or says why not
+    pruned = sorted(name for name, r in results.items() if r["pruning"]["flops_ratio"] < 0.9)
+    assert len(pruned) >= PRUNED_FAMILIES, pruned
     for name in EXPORTED:
         runtime = results[name]["runtime"]
         assert all(key.endswith((":u8", ":i8")) for key in runtime), (name, runtime)

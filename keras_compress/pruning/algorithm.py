@@ -251,7 +251,13 @@ class FilterPruningAlgorithm(CompressionAlgorithm):
             if use.kind == "other" and spec is not None:
                 # Attention, embeddings, separable convolutions: their own weights are not pruned, and
                 # the channels they read stay (see the groups' reasons).
-                skipped.setdefault(use.name, f"{spec.kind} layers are not pruned (only convolution filters are)")
+                groups = getattr(use.base, "groups", 1)
+                reason = (
+                    f"grouped convolution (groups={groups}) is not pruned"
+                    if groups != 1
+                    else f"{spec.kind} layers are not pruned (only convolution filters are)"
+                )
+                skipped.setdefault(use.name, reason)
         return {"figures": figures, "filters": (header, rows), "skipped": skipped}
 
     def strip(self, model):
