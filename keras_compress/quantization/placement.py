@@ -179,8 +179,8 @@ def _merges_read_in_int8(graph, weight_quantized, is_unified):
 
     A merge's result is followed through activations, BatchNormalization and precision-preserving
     layers to its readers: a weight-quantized layer, average pooling, a concatenation, a matmul, or
-    another merge read in int8 (not a layer that quantizes its own inputs: it reads the float tensor). A merge asked to have a
-    unified input scale (`is_unified`) counts as read in int8.
+    another merge read in int8 (not a layer that quantizes its own inputs: it reads the float
+    tensor). A merge asked to have a unified input scale (`is_unified`) counts as read in int8.
     """
     found = set()
 
