@@ -37,14 +37,22 @@ from keras_compress.bn_adaptation import adapt_batchnorm  # noqa: E402
 from keras_compress.statistics import format_table  # noqa: E402
 
 
-def nncf_ptq(fp32_xml, samples, out_xml):
-    """NNCF post-training quantization of an FP32 IR (OpenVINO backend)."""
+def nncf_ptq(fp32_xml, samples, out_xml, model_type=None):
+    """NNCF post-training quantization of an FP32 IR (OpenVINO backend).
+
+    `samples`: an array of samples, or `{input name: array}` for a model with several inputs;
+    `model_type`: None, or the name of an `nncf.ModelType` ("TRANSFORMER")."""
     import nncf
     import openvino as ov
 
+    if isinstance(samples, dict):
+        count = len(next(iter(samples.values())))
+        items = [{name: array[i : i + 1] for name, array in samples.items()} for i in range(count)]
+    else:
+        items = [s[None] for s in samples]
+    options = {} if model_type is None else {"model_type": getattr(nncf.ModelType, model_type)}
     model = ov.Core().read_model(str(fp32_xml))
-    dataset = nncf.Dataset([s[None] for s in samples])
-    quantized = nncf.quantize(model, dataset, subset_size=len(samples))
+    quantized = nncf.quantize(model, nncf.Dataset(items), subset_size=len(items), **options)
     ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
     return out_xml
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import re
 import subprocess
@@ -105,22 +106,6 @@ def script_section(name, quick):
     if result.returncode != 0:
         raise RuntimeError(f"benchmarks/{name}.py failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
     return f"Output of `python benchmarks/{name}.py{' --quick' if quick else ''}`:\n\n" + text_to_markdown(result.stdout)
-
-
-def section_pruning(quick):
-    return script_section("pruning_speed", quick)
-
-
-def section_transformers(quick):
-    return script_section("transformers", quick)
-
-
-def section_coverage(quick):
-    return script_section("coverage", quick)
-
-
-def section_subclassed(quick):
-    return script_section("subclassed", quick)
 
 
 def text_to_markdown(text):
@@ -278,15 +263,14 @@ TITLES = {
     "memory": "Time and memory of kc.compress on ResNet50",
     "subclassed": "Subclassed models vs the same Functional model",
 }
+#: Sections that are the output of a benchmark script: section -> script name.
+SCRIPTS = {"pruning": "pruning_speed", "transformers": "transformers", "coverage": "coverage", "subclassed": "subclassed"}
 FUNCTIONS = {
     "tfmot": section_tfmot,
     "int8": section_int8,
-    "pruning": section_pruning,
     "sparsity": section_sparsity,
     "memory": section_memory,
-    "subclassed": section_subclassed,
-    "transformers": section_transformers,
-    "coverage": section_coverage,
+    **{name: functools.partial(script_section, script) for name, script in SCRIPTS.items()},
 }
 
 

@@ -28,89 +28,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from keras import layers  # noqa: E402
 
 import keras_compress as kc  # noqa: E402
 from keras_compress.benchmark import benchmark_models, compile_ir, compute_op_precisions  # noqa: E402
 from keras_compress.demo import build_digits_cnn, evaluate_ir, load_digits_split  # noqa: E402
 from keras_compress.statistics import format_table  # noqa: E402
 
+# The subclassed models of the tests (registered, so that the compressed ones save and load).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from subclassed_models import DigitsNet, TextEncoder  # noqa: E402
+
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-class ConvBlock(layers.Layer):
-    def __init__(self, filters, name=None, **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.filters = filters
-        self.conv = layers.Conv2D(filters, 3, padding="same", use_bias=False)
-        self.bn = layers.BatchNormalization(momentum=0.9)
-        self.relu = layers.ReLU()
-
-    def call(self, x, training=None):
-        return self.relu(self.bn(self.conv(x), training=training))
-
-    def get_config(self):
-        return {**super().get_config(), "filters": self.filters}
-
-
-class DigitsNet(keras.Model):
-    """`build_digits_cnn()` as a subclass."""
-
-    def __init__(self, width=32, **kwargs):
-        super().__init__(**kwargs)
-        self.width = width
-        self.blocks = [ConvBlock(width), ConvBlock(width * 2), ConvBlock(width * 2)]
-        self.pool = layers.MaxPooling2D()
-        self.gap = layers.GlobalAveragePooling2D()
-        self.head = layers.Dense(10)
-
-    def call(self, x, training=None):
-        for i, block in enumerate(self.blocks):
-            x = block(x, training=training)
-            if i == 1:
-                x = self.pool(x)
-        return self.head(self.gap(x))
-
-    def get_config(self):
-        return {**super().get_config(), "width": self.width}
-
-
-class EncoderBlock(layers.Layer):
-    def __init__(self, dim, heads, **kwargs):
-        super().__init__(**kwargs)
-        self.dim, self.heads = dim, heads
-        self.attention = layers.MultiHeadAttention(heads, dim // heads)
-        self.norm1 = layers.LayerNormalization()
-        self.up = layers.Dense(dim * 4, activation="gelu")
-        self.down = layers.Dense(dim)
-        self.norm2 = layers.LayerNormalization()
-
-    def call(self, x):
-        x = self.norm1(x + self.attention(x, x))
-        return self.norm2(x + self.down(self.up(x)))
-
-    def get_config(self):
-        return {**super().get_config(), "dim": self.dim, "heads": self.heads}
-
-
-class TextEncoder(keras.Model):
-    def __init__(self, vocab=1000, length=64, dim=128, heads=4, depth=2, **kwargs):
-        super().__init__(**kwargs)
-        self.settings = dict(vocab=vocab, length=length, dim=dim, heads=heads, depth=depth)
-        self.tokens = layers.Embedding(vocab, dim)
-        self.positions = layers.Embedding(length, dim)
-        self.encoder = [EncoderBlock(dim, heads) for _ in range(depth)]
-        self.pool = layers.GlobalAveragePooling1D()
-        self.classifier = layers.Dense(2)
-
-    def call(self, ids):
-        x = self.tokens(ids) + self.positions(keras.ops.arange(self.settings["length"]))
-        for block in self.encoder:
-            x = block(x)
-        return self.classifier(self.pool(x))
-
-    def get_config(self):
-        return {**super().get_config(), **self.settings}
 
 
 def copy_weights(functional, subclass):
@@ -157,7 +85,7 @@ def digits_run(seed, epochs, qat_epochs, out):
 
 def transformer_run(out):
     keras.utils.set_random_seed(0)
-    model = TextEncoder()
+    model = TextEncoder(vocab=1000, length=64, dim=128)
     ids = np.random.default_rng(0).integers(0, 1000, (64, 64))
     model(ids[:1])
     compressed, ctrl = kc.compress(model, "int8", dataset=ids, verbose=0)

@@ -43,6 +43,9 @@ import keras_compress as kc  # noqa: E402
 from keras_compress.benchmark import benchmark_models, compile_ir, compute_op_precisions  # noqa: E402
 from keras_compress.statistics import format_table  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from int8_speed import nncf_ptq  # noqa: E402
+
 
 
 # ------------------------------------------------------------------------------ models
@@ -105,21 +108,6 @@ def as_list(model, inputs):
 
 
 # ------------------------------------------------------------------------------ measurements
-def nncf_ptq(fp32_xml, samples, out_xml):
-    """NNCF post-training quantization of an FP32 IR, transformer preset (OpenVINO backend)."""
-    import nncf
-    import openvino as ov
-
-    count = len(next(iter(samples.values())))
-    items = [{name: array[i : i + 1] for name, array in samples.items()} for i in range(count)]
-    model = ov.Core().read_model(str(fp32_xml))
-    quantized = nncf.quantize(
-        model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER, subset_size=count
-    )
-    ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
-    return out_xml
-
-
 def int8_share(compiled, xml):
     """`(int8 ops, all ops, counts)` over the IR's Convolution/FullyConnected/MatMul ops in the runtime
     (MatMuls fused into the CPU plugin's attention kernel included, see `compute_op_precisions`)."""
@@ -137,7 +125,7 @@ def bench_model(name, model, workdir, calib_count, rounds, iterations):
     compress_s = time.perf_counter() - start
     fp32_xml = kc.export(model, workdir / f"{name}_fp32")
     kc_xml = kc.export(compressed, workdir / f"{name}_kc")
-    nncf_xml = nncf_ptq(fp32_xml, calib, workdir / f"{name}_nncf.xml")
+    nncf_xml = nncf_ptq(fp32_xml, calib, workdir / f"{name}_nncf.xml", "TRANSFORMER")
     one = {k: v[:1] for k, v in sample_inputs(model, 1, seed=1).items()}
     compiled = {}
     for label, xml in (("FP32", fp32_xml), ("keras_compress INT8", kc_xml), ("NNCF PTQ INT8", nncf_xml)):
@@ -195,7 +183,7 @@ def digits_vit_accuracy(workdir, seeds, fp32_epochs, qat_epochs):
         model.fit(digits_tokens(x_train), y_train, batch_size=64, epochs=fp32_epochs, verbose=0)
         fp32_xml = kc.export(model, workdir / f"vit{seed}_fp32")
         calib = dict(zip(("image", "positions"), digits_tokens(x_train[:300])))
-        nncf_xml = nncf_ptq(fp32_xml, calib, workdir / f"vit{seed}_nncf.xml")
+        nncf_xml = nncf_ptq(fp32_xml, calib, workdir / f"vit{seed}_nncf.xml", "TRANSFORMER")
         compressed, ctrl = kc.compress(model, "int8", dataset=(digits_tokens(x_train), y_train), verbose=0)
         compressed.compile(optimizer=keras.optimizers.Adam(1e-4), loss=loss, metrics=["accuracy"])
         compressed.fit(digits_tokens(x_train), y_train, batch_size=64, epochs=qat_epochs, verbose=0,

@@ -159,12 +159,7 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         if spec.kind == "attention":
             return self._wrap_attention(original, layer, path)
         specs = {attr: self._weight_spec(original, attr, path) for attr in spec.weights}
-        between = None
-        if spec.kind == "separable":
-            names = self._names(original, path)
-            if self._in_scope(names, self.config.activations):
-                act = self._settings("activations", names)
-                between = {"mode": act.mode, "bits": act.bits, "signed": act.signed}
+        between = self._inner_activation_settings(original, path) if spec.kind == "separable" else None
         return QuantizeWrapper(layer, specs, between_quantizer=between)
 
     def _wrap_attention(self, original, layer, path):
@@ -172,12 +167,17 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         (each kernel's channel axes are found when the wrapper is built) and its activation quantizers."""
         settings = self._weight_settings(original, path)
         specs = {name: dict(settings) for name in PROJECTIONS}
-        names = self._names(original, path)
-        activations = None
-        if self._in_scope(names, self.config.activations):
-            act = self._settings("activations", names)
-            activations = {"mode": act.mode, "bits": act.bits, "signed": act.signed}
-        return AttentionQuantizeWrapper(layer, specs, activations)
+        return AttentionQuantizeWrapper(layer, specs, self._inner_activation_settings(original, path))
+
+    def _inner_activation_settings(self, layer, path):
+        """`FakeQuantize` arguments for the activation quantizers a wrapper holds inside `layer` (the
+        middle of a separable convolution, the attention matmuls), or None when activations of
+        `layer` are out of scope."""
+        names = self._names(layer, path)
+        if not self._in_scope(names, self.config.activations):
+            return None
+        act = self._settings("activations", names)
+        return {"mode": act.mode, "bits": act.bits, "signed": act.signed}
 
     def plan(self, graph, path):
         """The activation quantizers of one (sub)model: see `plan_activation_quantizers`."""
