@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import keras
 
+from keras_compress.base_layer import CompressionLayer, strip_layer
 from keras_compress.graph import is_any_tensor, replace_call_tensors
 
 __all__ = ["InputsWrapper"]
 
 
 @keras.saving.register_keras_serializable(package="keras_compress")
-class InputsWrapper(keras.layers.Wrapper):
+class InputsWrapper(CompressionLayer, keras.layers.Wrapper):
     """Applies a layer to each of some input tensors of `layer`, then calls `layer` on the result.
 
     Args:
@@ -58,7 +59,7 @@ class InputsWrapper(keras.layers.Wrapper):
     def strip(self):
         """This wrapper of an inference model: its layer and its input layers stripped (activation
         quantizers stay, they are the INT8 recipe, with their ranges frozen into constants)."""
-        inner, input_layers = _stripped(self.layer), [_stripped(layer) for layer in self.input_layers]
+        inner, input_layers = strip_layer(self.layer), [strip_layer(layer) for layer in self.input_layers]
         if inner is self.layer and all(new is old for new, old in zip(input_layers, self.input_layers)):
             return self
         return InputsWrapper(inner, dict(zip(self.positions, input_layers)), name=self.name)
@@ -76,6 +77,3 @@ class InputsWrapper(keras.layers.Wrapper):
         layer = keras.saving.deserialize_keras_object(config.pop("layer"), custom_objects=custom_objects)
         return cls(layer, **config)
 
-
-def _stripped(layer):
-    return layer.strip() if callable(getattr(layer, "strip", None)) else layer

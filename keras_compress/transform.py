@@ -1,54 +1,298 @@
-"""The model transformer: clones a Keras model and puts compression layers in it.
+"""The model transformer: the one way keras_compress copies a model, with layers replaced and inserted.
 
-The mechanism is Keras' own `keras.models.clone_model(clone_function=..., call_function=...)`:
-`clone_function` swaps a layer for its wrapper, `call_function` inserts layers (activation
-quantizers) on the inputs of a layer call. Nested models are cloned recursively the same way. The
-input model is never changed; the clone starts with the original weights copied over exactly.
+Every kind of model and layer a Keras user writes is copied by one recursive mechanism,
+`Transformer.transform`, which dispatches on what it meets:
+
+- a **graph model** (Sequential, Functional, and a `keras.Model` subclass whose `__init__` builds a
+  Functional graph, as KerasHub backbones and tasks do) is rebuilt with Keras' own
+  `keras.models.clone_model(clone_function=..., call_function=...)`: `clone_function` transforms each
+  layer, `call_function` inserts the planned layers (activation quantizers) on the inputs of a call.
+  A subclass keeps its class, its attributes and its methods (`generate()`), rebound to the copied
+  layers (`_rebind`);
+- a **container** (a composite layer that holds layers in attributes, lists and dicts, a subclassed
+  model, `TimeDistributed`) has each of its sublayers transformed, the layers planned on the graph
+  recorded from one forward pass (`keras_compress.recording`) put in an `InputsWrapper` around the
+  sublayer that reads them, and is then copied around them (`copy_layer`; a subclassed model from its
+  config, the rule Keras sets for saving one);
+- a **leaf** layer is copied (`copy_layer`: from its state, never its config) and handed to the
+  decisions (`wrap`: the algorithms' wrappers, or its inference version when stripping).
+
+A copy never shares a variable with the original, whichever way it was made.
+
+The copy of a container or of a model subclass whose inside changed is an instance of a subclass of
+the user's class made here (`compressed_class`): it behaves as the user's class, and saves its own
+config plus a record of what was changed (`CompressedLayer.get_config`). Loading rebuilds the user's
+object from its config and applies the record with the same transformer (`replay`), so a compressed
+model loads wherever the uncompressed one loads, and no copy depends on a layer's config round trip.
 """
 
 from __future__ import annotations
 
+import logging
+
 import keras
+import numpy as np
 
-from keras_compress.graph import as_functional, fresh_copy, new_inputs, replace_call_tensors, trace_graph
-from keras_compress.wrapper import innermost
+from keras_compress.base_layer import CompressionLayer, innermost
+from keras_compress.copying import copy_layer
+from keras_compress.graph import (
+    _BASE_ATTRIBUTES,
+    as_functional,
+    child_layers,
+    fresh_copy,
+    is_container,
+    is_functional_subclass,
+    is_graph_model,
+    new_inputs,
+    own_weights,
+    replace_call_tensors,
+    trace_graph,
+)
+from keras_compress.inputs_wrapper import InputsWrapper
+from keras_compress.recording import containers_of, record_containers, sample_inputs
 
-__all__ = ["transform_model"]
+__all__ = [
+    "CompressedLayer",
+    "CompressedModel",
+    "Transformer",
+    "compressed_class",
+    "is_compressed",
+    "replay",
+    "transform_model",
+]
+
+logger = logging.getLogger("keras_compress")
+
+#: The attribute holding a compressed object's record (see `Transformer`).
+RECORD = "_compression_record"
 
 
-def transform_model(model, wrap_fn=None, planners=()):
-    """Clones `model`, wrapping layers and inserting layers on the edges of its graph.
+def _join(path, name):
+    return f"{path}/{name}" if path else name
 
-    Args:
-        model: a Sequential or Functional model (nested models are handled recursively).
-        wrap_fn: `(original_layer, fresh_layer, path) -> layer` that returns the layer to put in
-            the clone (a wrapper around `fresh_layer`, or `fresh_layer` itself). `path` is the
-            "outer/inner/" prefix of nested models.
-        planners: objects with `plan(graph, path) -> plan` and `make_layer(key, plan) -> layer`
-            (algorithms). A plan has `edges` {(call index, input position): key} and `outputs`
-            {output position: key}; `make_layer` is called once per key per (sub)model. Where
-            several planners insert on one edge, their layers are applied in planner order.
 
-    Returns:
-        (new_model, pairs): the clone and the list of `(original_layer, new_layer, path)`.
+def _prefix(path):
+    """The scope prefix of the object at `path` (its parent's path and a slash): "outer/inner/"."""
+    return path.rsplit("/", 1)[0] + "/" if "/" in path else ""
+
+
+def _subtree(record, path):
+    """The part of `record` under `path`, with paths relative to it."""
+    if not path:
+        return record
+    start = f"{path}/"
+    layers = {k[len(start):]: v for k, v in record["layers"].items() if k.startswith(start)}
+    graphs = {(k[len(start):] if k != path else ""): v for k, v in record["graphs"].items()
+              if k == path or k.startswith(start)}  # fmt: skip
+    return {**{k: v for k, v in record.items() if k not in ("layers", "graphs")}, "layers": layers, "graphs": graphs}
+
+
+def describe_chain(layer):
+    """The keras_compress wrappers around the user's layer, outermost first, each config without its
+    `layer` (an empty list for a layer that is not wrapped)."""
+    chain = []
+    while layer is not innermost(layer):
+        config = layer.get_config()
+        config.pop("layer")
+        chain.append({"class_name": keras.saving.get_registered_name(type(layer)), "config": config})
+        layer = layer.layer
+    return chain
+
+
+def build_chain(chain, layer):
+    """The wrappers of a `describe_chain` description, made around `layer`."""
+    for wrapper in reversed(chain):
+        cls = keras.saving.get_registered_object(wrapper["class_name"])
+        if cls is None:
+            raise ValueError(
+                f"Unknown keras_compress wrapper {wrapper['class_name']!r} in a saved compressed model: "
+                "import keras_compress (and the module defining it) before loading."
+            )
+        layer = cls(layer, **wrapper["config"])
+    return layer
+
+
+# ---------------------------------------------------------------------------- compressed classes
+@keras.saving.register_keras_serializable(package="keras_compress")
+class CompressedLayer:
+    """A compressed composite layer: the user's class, with some sublayers replaced.
+
+    `kc.compress` returns copies of the user's composite layers (and model subclasses) as instances
+    of a subclass of the user's class made for it (`compressed_class`), so they behave as the user's
+    layer (`isinstance`, attributes, methods). Such a layer saves the user's config plus the record of
+    what `kc.compress` changed inside it; `keras.saving.load_model` rebuilds the user's layer from its
+    config and applies the record (the user's class must be registered, as Keras requires for any
+    custom layer).
     """
-    pairs = []
-    new_model = _rebuild(as_functional(model), wrap_fn, list(planners), "", pairs)
-    for original, new, _ in pairs:
-        if not isinstance(original, keras.layers.Layer) or isinstance(original, keras.Model):
-            continue  # keras.ops operations have no weights; nested models copy their own
-        weights = original.get_weights()
-        if weights:
-            innermost(new).set_weights(weights)
-    return new_model, pairs
+
+    def get_config(self):
+        base = compression_base(type(self))
+        config = super().get_config()
+        base_config = {
+            "module": base.__module__,
+            "class_name": base.__name__,
+            "registered_name": keras.saving.get_registered_name(base),
+            "config": config,
+        }
+        return {"base": base_config, "compression": getattr(self, RECORD)}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = config.copy()
+        base = keras.saving.deserialize_keras_object(config.pop("base"), custom_objects=custom_objects)
+        return replay(base, config["compression"])
+
+
+@keras.saving.register_keras_serializable(package="keras_compress")
+class CompressedModel(CompressedLayer):
+    """A compressed model subclass (a subclassed model, or a KerasHub backbone or task): the user's
+    class, with some of its layers compressed. See `CompressedLayer`.
+
+    A subclassed model (one with no Functional graph) builds itself from the input signature of the
+    calibration data it was compressed with (`input_signature`, also what `kc.export` traces).
+    """
+
+    @property
+    def input_signature(self):
+        """The inputs of a subclassed model, as a list of `keras.InputSpec` (in key order for dict
+        inputs); None for a model with a Functional graph."""
+        signature = getattr(self, RECORD).get("input_signature")
+        if signature is None:
+            return None
+        specs = list(signature.values()) if isinstance(signature, dict) else list(signature)
+        return [keras.InputSpec(**spec) for spec in specs]
+
+    def sample_inputs(self, batch_size=1):
+        """Zeros in the structure, shapes and dtypes of `input_signature` (unknown sizes become 1)."""
+        return signature_zeros(getattr(self, RECORD)["input_signature"], batch_size)
+
+    def build_from_config(self, config):
+        if self.built:
+            return
+        if getattr(self, RECORD).get("input_signature") is not None:
+            self(self.sample_inputs(), training=False)
+            self.built = True
+            return
+        super().build_from_config(config)
+
+
+_CLASSES = {}
+
+
+def compressed_class(base):
+    """The compressed version of class `base` (a composite layer or model class of the user's):
+    a subclass of it and of `CompressedLayer` / `CompressedModel`, made once per class."""
+    base = compression_base(base)
+    if base not in _CLASSES:
+        mixin = CompressedModel if issubclass(base, keras.Model) else CompressedLayer
+        cls = type(base.__name__, (mixin, base), {"__module__": base.__module__, "__qualname__": base.__qualname__,
+                                                   "_compression_base": base})  # fmt: skip
+        # Every compressed class saves under the mixin's registered name; its from_config reads the
+        # user's class from the config.
+        keras.saving.register_keras_serializable(package="keras_compress", name=mixin.__name__)(cls)
+        _CLASSES[base] = cls
+    return _CLASSES[base]
+
+
+def compression_base(cls):
+    """The user's class behind a compressed class (a class that is not compressed: itself)."""
+    return cls.__dict__.get("_compression_base") or getattr(cls, "_compression_base", None) or cls
+
+
+def is_compressed(layer):
+    """Whether `layer` is a compressed container or model subclass (an instance of a `compressed_class`)."""
+    return isinstance(layer, CompressedLayer)
+
+
+def signature_zeros(signature, batch_size=1):
+    """Zeros for an input signature config: one array, a list or a dict of `{shape, dtype}`."""
+
+    def zeros(spec):
+        return keras.ops.zeros([batch_size] + [d or 1 for d in spec["shape"][1:]], dtype=spec["dtype"])
+
+    if isinstance(signature, dict):
+        return {name: zeros(spec) for name, spec in signature.items()}
+    return zeros(signature[0]) if len(signature) == 1 else [zeros(spec) for spec in signature]
+
+
+def signature_of(batch):
+    """An input signature config (batch axis free) for an input batch: one array, a list or a dict."""
+
+    def spec(name, array):
+        array = np.asarray(array)
+        return {"shape": [None, *array.shape[1:]], "dtype": str(array.dtype), "name": name}
+
+    if isinstance(batch, dict):
+        return {name: spec(name, keras.ops.convert_to_numpy(value)) for name, value in batch.items()}
+    parts = keras.tree.flatten(batch)
+    return [spec(f"input_{i}" if len(parts) > 1 else "inputs", keras.ops.convert_to_numpy(p)) for i, p in enumerate(parts)]
+
+
+def base_config(layer):
+    """The user's config of `layer` (for a compressed one, what its own class's `get_config` returns)."""
+    return super(CompressedLayer, layer).get_config() if is_compressed(layer) else layer.get_config()
+
+
+def make_from_config(cls, layer):
+    """A new, unbuilt instance of `cls` (the user's class of `layer`, or its compressed class) made
+    from `layer`'s config, with the user's class's own `from_config`.
+
+    Raises:
+        ValueError: when the model cannot be made again from its config, with what to do.
+    """
+    base = compression_base(type(layer))
+    try:
+        instance = base.from_config.__func__(cls, base_config(layer))
+    except Exception as err:  # noqa: BLE001 - user code may raise anything
+        raise ValueError(
+            f"kc.compress works on a copy of a subclassed model, made with "
+            f"`{base.__name__}.from_config(model.get_config())` (the rule Keras sets for saving a "
+            f"subclassed model). That failed for {base.__name__}: {type(err).__name__}: {err}. Let "
+            f"`{base.__name__}.__init__` take `**kwargs` (passed on to `super().__init__`) and give it a "
+            "`get_config()` that returns its own constructor arguments "
+            "(`{**super().get_config(), 'units': self.units, ...}`), so that "
+            f"`{base.__name__}.from_config(config)` builds the same model."
+        ) from err
+    if instance.built:
+        raise ValueError(
+            f"`{base.__name__}.from_config` returned a built model. kc.compress replaces sublayers "
+            "before the copy is built: build it lazily (on the first call), as Keras models do."
+        )
+    return instance
+
+
+def set_sublayer(root, path, layer):
+    """Puts `layer` at an attribute path (`"blocks/0/ffn"`) of `root` (not built yet), tracked by Keras."""
+    *parents, last = path.split("/")
+    parent = root
+    for part in parents:
+        if isinstance(parent, (list, tuple)):
+            parent = parent[int(part)]
+        elif isinstance(parent, dict):
+            parent = parent[part]
+        else:
+            parent = getattr(parent, part)
+    if isinstance(parent, tuple):
+        raise ValueError(
+            f"Sublayers held in a tuple cannot be replaced. Received: the layer at {path!r} is in a tuple; "
+            "hold the layers in a list instead."
+        )
+    if isinstance(parent, list):
+        index = int(last)
+        parent.pop(index)  # Keras' tracked lists track and untrack through these methods
+        parent.insert(index, layer)
+    elif isinstance(parent, dict):
+        parent[last] = layer
+    else:
+        setattr(parent, last, layer)
 
 
 class _Inserter:
-    """The layers one planner inserts into one (sub)model, each applied once per tensor."""
+    """The layers one planner inserts into one graph, each applied once per tensor."""
 
-    def __init__(self, planner, graph, path):
+    def __init__(self, planner, plan):
         self.planner = planner
-        self.plan = planner.plan(graph, path)
+        self.plan = plan
         self.layers = {}  # key -> inserted layer
         self.applied = {}  # (key, id of the input tensor) -> (input tensor, output of the inserted layer)
 
@@ -59,56 +303,429 @@ class _Inserter:
         return None if self.plan is None else self.plan.outputs.get(position)
 
     def apply(self, key, tensor):
+        if key not in self.layers:
+            self.layers[key] = self.planner.make_layer(key, self.plan)
         if (key, id(tensor)) not in self.applied:
-            if key not in self.layers:
-                self.layers[key] = self.planner.make_layer(key, self.plan)
             self.applied[(key, id(tensor))] = (tensor, self.layers[key](tensor))
-        return self.applied[(key, id(tensor))][1]
+        return self.layers[key], self.applied[(key, id(tensor))][1]
 
 
-def _rebuild(model, wrap_fn, planners, path, pairs):
-    graph = trace_graph(model)
-    inserters = [_Inserter(planner, graph, path) for planner in planners]
+class _Replayed:
+    """The layers a record inserts into one graph, slot by slot: slot k holds the k-th layer inserted
+    on each edge (one inserted layer per edge and algorithm when it was recorded)."""
 
-    def clone_function(layer):
-        if isinstance(layer, keras.Model):
-            new = _rebuild(as_functional(layer), wrap_fn, planners, f"{path}{layer.name}/", pairs)
+    def __init__(self, record, graph, slot):
+        calls = {}
+        index_of = {}
+        for call in graph.calls:
+            number = calls.get(id(call.layer), 0)
+            calls[id(call.layer)] = number + 1
+            index_of[(call.name, number)] = call.index
+        self.edges = {
+            (index_of[(name, number)], position): names[slot]
+            for name, number, position, names in record.get("edges", [])
+            if (name, number) in index_of and len(names) > slot
+        }
+        self.outputs = {int(p): names[slot] for p, names in record.get("outputs", {}).items() if len(names) > slot}
+        self.configs = record.get("inserted", {})
+
+    @staticmethod
+    def slots(record):
+        lengths = [len(names) for *_, names in record.get("edges", [])] + [len(n) for n in record.get("outputs", {}).values()]
+        return max(lengths, default=0)
+
+    def make_layer(self, key, plan):
+        return keras.saving.deserialize_keras_object(self.configs[key])
+
+
+class _SequentialPlan:
+    """The layers to insert before each layer of a Sequential model, and after its last one."""
+
+    def __init__(self, before, after):
+        self._before, self._after = before, after
+
+    def before(self, index):
+        return self._before.get(index, [])
+
+    def after(self):
+        return self._after
+
+    @classmethod
+    def from_planners(cls, planners, graph, prefix):
+        before, after = {}, []
+        for planner in planners:
+            plan = planner.plan(graph, prefix)
+            if plan is None:
+                continue
+            for (call, _), key in sorted(plan.edges.items()):
+                before.setdefault(call, []).append(planner.make_layer(key, plan))
+            after += [planner.make_layer(key, plan) for _, key in sorted(plan.outputs.items())]
+        return cls(before, after)
+
+    @classmethod
+    def from_record(cls, record, layers):
+        if not record:
+            return cls({}, [])
+        index_of = {layer.name: i for i, layer in enumerate(layers)}
+        make = lambda name: keras.saving.deserialize_keras_object(record["inserted"][name])  # noqa: E731
+        before = {index_of[name]: [make(n) for n in names] for name, _, _, names in record.get("edges", [])}
+        return cls(before, [make(n) for n in record.get("outputs", {}).get("0", [])])
+
+
+def _has_inputs(model):
+    try:
+        return bool(model.inputs)
+    except (AttributeError, ValueError):
+        return False
+
+
+class Transformer:
+    """Copies a model or layer, with the layers its decisions replace and insert (see the module).
+
+    Args:
+        wrap: `(original_layer, fresh_copy, prefix) -> layer`: the layer to put in the copy for a leaf
+            (a wrapper around the fresh copy, or the copy itself); `prefix` is the "outer/inner/" path
+            of its parent. None keeps every copy.
+        planners: objects with `plan(graph, path) -> plan` and `make_layer(key, plan) -> layer` (the
+            algorithms): a plan has `edges` `{(call index, input position): key}` and `outputs`
+            `{output position: key}`. On a graph model's graph the layers are inserted on those edges;
+            on a container's recorded graph they go into an `InputsWrapper` around the sublayer.
+        recorded: `{id(container): RecordedGraph}` (`record_containers`), for the containers' plans.
+        record: a record to apply instead of decisions (`replay`).
+        input_shape: the input shape of an unbuilt Sequential model at the top.
+        signature: the input signature config of a subclassed model at the top (`signature_of`).
+
+    Attributes:
+        record: what the copy holds that the original did not: `{"layers": {path: describe_chain},
+            "graphs": {graph path: insertions}}` (compressed objects keep the part under them).
+    """
+
+    def __init__(self, wrap=None, planners=(), recorded=None, record=None, input_shape=None, signature=None):
+        self.wrap = wrap
+        self.planners = list(planners)
+        self.recorded = recorded or {}
+        self.replaying = record
+        self.input_shape = input_shape
+        self.signature = signature if signature is not None else (record or {}).get("input_signature")
+        self.copies = {}  # id(original) -> its copy (a layer used in two graphs is copied once)
+        self.keep = []  # the originals, alive while `copies` holds their ids
+        self.frozen = []  # paths of objects that were compressed already (replay leaves them as they are)
+        self.record = {"layers": {}, "graphs": {}}
+
+    # ------------------------------------------------------------------ dispatch
+    def transform(self, obj, path=""):
+        """The copy of `obj` (a model, layer or keras.ops operation) at `path`."""
+        if id(obj) in self.copies:
+            return self.copies[id(obj)]
+        if self.replaying is not None and (is_compressed(obj) or isinstance(obj, CompressionLayer)):
+            self.frozen.append(path)
+        if isinstance(obj, keras.Sequential) and path:
+            new = self._sequential(obj, path)
+        elif is_graph_model(obj):
+            new = self._graph(obj, path)
+        elif is_container(obj):
+            new = self._container(obj, path)
+        elif isinstance(obj, keras.layers.Layer):
+            new = self._leaf(obj, path)
         else:
-            new = fresh_copy(layer)
-            if wrap_fn is not None:
-                new = wrap_fn(layer, new, path)
-        pairs.append((layer, new, path))
+            new = fresh_copy(obj)  # a keras.ops operation: no state
+        self.copies[id(obj)] = new
+        self.keep.append(obj)
         return new
 
-    counter = [0]
+    def _is_frozen(self, path):
+        return any(path == f or path.startswith(f"{f}/") or not f for f in self.frozen)
 
-    def insert(tensor, key_of):
-        for inserter in inserters:
-            key = key_of(inserter)
-            if key is not None:
-                tensor = inserter.apply(key, tensor)
-        return tensor
+    def _note(self, path, layer):
+        chain = describe_chain(layer)
+        if chain:
+            self.record["layers"][path] = chain
 
-    def call_function(layer, *args, **kwargs):
-        call = graph.calls[counter[0]]
-        counter[0] += 1
-        replace = {
-            pos: lambda tensor, pos=pos: insert(tensor, lambda inserter: inserter.edge((call.index, pos)))
-            for pos in range(len(call.inputs))
-        }
-        args, kwargs = replace_call_tensors(args, kwargs, replace)
-        return layer(*args, **kwargs)
+    # ------------------------------------------------------------------ leaves
+    def _leaf(self, layer, path):
+        fresh = copy_layer(layer)
+        if self.replaying is not None:
+            chain = None if self._is_frozen(path) else self.replaying["layers"].get(path)
+            new = build_chain(chain, fresh) if chain else fresh
+        else:
+            new = self.wrap(layer, fresh, _prefix(path)) if self.wrap is not None else fresh
+        self._note(path, new)
+        return new
 
-    new_model = keras.models.clone_model(
-        model,
-        input_tensors=new_inputs(model),
-        clone_function=clone_function,
-        call_function=call_function,
-    )
-    if any(inserter.plan is not None and inserter.plan.outputs for inserter in inserters):
-        outputs = keras.tree.flatten(new_model.outputs)
-        for pos in range(len(outputs)):
-            outputs[pos] = insert(outputs[pos], lambda inserter: inserter.output(pos))
-        structure = keras.tree.pack_sequence_as(new_model.output, outputs)
-        new_model = keras.Model(new_model.inputs, structure, name=new_model.name)
-    return new_model
+    # ------------------------------------------------------------------ containers
+    def _container(self, obj, path):
+        recorded = self.recorded.get(id(obj))
+        planned = self._input_layers(recorded, path) if recorded is not None else {}
+        replacements = {}
+        for name, child in child_layers(obj):
+            child_path = _join(path, name)
+            new = self.transform(child, child_path)
+            if name in planned:
+                new = InputsWrapper(new, planned[name])
+                self._note(child_path, new)
+            replacements[child] = new
+        changed = any(k.startswith(f"{path}/") or not path for k in [*self.record["layers"], *self.record["graphs"]])
+        if isinstance(obj, keras.Model):
+            shell = self._model_shell(obj, replacements, path)
+        else:
+            cls = compressed_class(type(obj)) if changed else type(obj)
+            shell = copy_layer(obj, replacements, cls=cls)
+        if changed or is_compressed(shell):
+            record = _subtree(self.record, path)
+            signature = (self.signature if not path else None) or getattr(obj, RECORD, {}).get("input_signature")
+            if isinstance(obj, keras.Model) and signature is not None:
+                record = {**record, "input_signature": signature}
+            object.__setattr__(shell, RECORD, record)
+        return shell
+
+    def _input_layers(self, recorded, path):
+        """`{sublayer name: {input position: layer}}`: what the planners insert on the recorded graph.
+
+        Each consumer gets its own instance of a planned layer (one layer held by several wrappers
+        would not load from a file); they all start from the same statistics. A sublayer called
+        several times takes what its first call was given.
+        """
+        graph = recorded.graph
+        graph.inner = True
+        for node, name in zip(graph.calls, recorded.names):
+            node.prefix = _prefix(_join(path, name)) if name is not None else None
+        inserted = {}
+        for planner in self.planners:
+            plan = planner.plan(graph, _prefix(_join(path, "x")))
+            if plan is None:
+                continue
+            uses = {}
+            for (call, position), key in sorted(plan.edges.items()):
+                name = recorded.names[call]
+                if name is None or position in inserted.get(name, {}):
+                    continue
+                layer = planner.make_layer(key, plan)
+                uses[key] = uses.get(key, 0) + 1
+                if uses[key] > 1:  # one name per instance
+                    layer = type(layer).from_config({**layer.get_config(), "name": f"{layer.name}_{uses[key]}"})
+                inserted.setdefault(name, {})[position] = layer
+        return inserted
+
+    def _model_shell(self, model, replacements, path):
+        """A subclassed model's copy: made from its config, its sublayers replaced, then built."""
+        shell = make_from_config(compressed_class(type(model)), model)
+        for name, child in child_layers(model):
+            set_sublayer(shell, name, replacements[child])
+        signature = self.signature if not path else None
+        signature = signature or getattr(model, RECORD, {}).get("input_signature")
+        if signature is not None:
+            shell(signature_zeros(signature), training=False)
+        else:
+            shape = (model.get_build_config() or {}).get("input_shape")
+            if shape is None:
+                raise ValueError(
+                    f"kc.compress needs the input shape of subclassed model {model.name!r}: pass calibration "
+                    "data (`dataset=...`) or call the model once before compressing it."
+                )
+            shell(keras.ops.zeros([1] + [d or 1 for d in shape[1:]]), training=False)
+        for source, target in zip(own_weights(model), own_weights(shell)):
+            target.assign(source)
+        return shell
+
+    # ------------------------------------------------------------------ graph models
+    def _planner_states(self, graph, path):
+        if self.replaying is not None:
+            record = self.replaying["graphs"].get(path)
+            if record is None or self._is_frozen(path):
+                return []
+            replayed = [_Replayed(record, graph, slot) for slot in range(_Replayed.slots(record))]
+            return [_Inserter(planner, planner) for planner in replayed]
+        return [_Inserter(planner, planner.plan(graph, f"{path}/" if path else "")) for planner in self.planners]
+
+    def _graph(self, model, path):
+        functional = as_functional(model, self.input_shape if not path else None)
+        graph = trace_graph(functional)
+        graph.inner = bool(path)
+        inserters = self._planner_states(graph, path)
+        numbers, counts = [], {}
+        for call in graph.calls:
+            numbers.append(counts.get(id(call.layer), 0))
+            counts[id(call.layer)] = numbers[-1] + 1
+        edges, outputs, inserted = [], {}, {}
+
+        def insert(tensor, key_of):
+            names = []
+            for inserter in inserters:
+                key = key_of(inserter)
+                if key is not None:
+                    layer, tensor = inserter.apply(key, tensor)
+                    names.append(layer.name)
+                    inserted[layer.name] = layer
+            return tensor, names
+
+        counter = [0]
+
+        def call_function(layer, *args, **kwargs):
+            call = graph.calls[counter[0]]
+            counter[0] += 1
+            replace = {}
+            for position in range(len(call.inputs)):
+                def quantize(tensor, position=position):
+                    tensor, names = insert(tensor, lambda inserter: inserter.edge((call.index, position)))
+                    if names:
+                        edges.append([call.name, numbers[call.index], position, names])
+                    return tensor
+
+                replace[position] = quantize
+            args, kwargs = replace_call_tensors(args, kwargs, replace)
+            return layer(*args, **kwargs)
+
+        new = keras.models.clone_model(
+            functional,
+            input_tensors=new_inputs(functional),
+            clone_function=lambda layer: self.transform(layer, _join(path, layer.name)),
+            call_function=call_function,
+        )
+        if any(inserter.plan is not None and inserter.plan.outputs for inserter in inserters):
+            flat = keras.tree.flatten(new.outputs)
+            for position in range(len(flat)):
+                flat[position], names = insert(flat[position], lambda inserter: inserter.output(position))
+                if names:
+                    outputs[str(position)] = names
+            new = keras.Model(new.inputs, keras.tree.pack_sequence_as(new.output, flat), name=new.name)
+        if edges or outputs:
+            configs = {name: keras.saving.serialize_keras_object(layer) for name, layer in inserted.items()}
+            self.record["graphs"][path] = {"edges": edges, "outputs": outputs, "inserted": configs}
+        elif is_compressed(model):
+            self._carry_graph_record(model, new, path)
+        if is_functional_subclass(model):
+            new = self._rebind(model, new, path)
+        return new
+
+    def _sequential(self, model, path):
+        """A Sequential model inside another: a Sequential of the transformed layers with the planned
+        layers between them (one that is not built yet, inside a container being loaded, included)."""
+        layers = list(model.layers)
+        if self.replaying is not None:
+            record = self.replaying["graphs"].get(path) if not self._is_frozen(path) else None
+            plan = _SequentialPlan.from_record(record, layers)
+        else:
+            graph = trace_graph(model)
+            graph.inner = True
+            plan = _SequentialPlan.from_planners(self.planners, graph, f"{path}/")
+        new_layers, edges, outputs, inserted = [], [], {}, {}
+        for index, layer in enumerate(layers):
+            names = []
+            for inserted_layer in plan.before(index):
+                new_layers.append(inserted_layer)
+                names.append(inserted_layer.name)
+                inserted[inserted_layer.name] = inserted_layer
+            if names:
+                edges.append([layer.name, 0, 0, names])
+            new_layers.append(self.transform(layer, _join(path, layer.name)))
+        for inserted_layer in plan.after():
+            new_layers.append(inserted_layer)
+            outputs.setdefault("0", []).append(inserted_layer.name)
+            inserted[inserted_layer.name] = inserted_layer
+        if _has_inputs(model):
+            new_layers.insert(0, keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype))
+        if edges or outputs:
+            configs = {name: keras.saving.serialize_keras_object(layer) for name, layer in inserted.items()}
+            self.record["graphs"][path] = {"edges": edges, "outputs": outputs, "inserted": configs}
+        return keras.Sequential(new_layers, name=model.name)
+
+    def _carry_graph_record(self, model, new, path):
+        """The insertions of a compressed model's graph, as the copy holds them (its layers of the
+        same names: the inference versions when stripping)."""
+        record = getattr(model, RECORD, {}).get("graphs", {}).get("")
+        if not record:
+            return
+        configs = {}
+        for name in record["inserted"]:
+            try:
+                configs[name] = keras.saving.serialize_keras_object(new.get_layer(name))
+            except ValueError:
+                configs[name] = record["inserted"][name]
+        self.record["graphs"][path] = {**record, "inserted": configs}
+
+    def _rebind(self, original, clone, path):
+        """The copy of a graph-model subclass: an instance of its (compressed) class built on the
+        copied graph, holding the original's attributes with every layer replaced by its copy."""
+        cls = compressed_class(type(original))
+        model = cls.__new__(cls)
+        keras.Model.__init__(model, inputs=clone.input, outputs=clone.output, name=original.name)
+        own = set(vars(model))
+        for name, value in vars(original).items():
+            if name in own or name in _BASE_ATTRIBUTES or name.startswith("_self_") or name == RECORD:
+                continue
+            setattr(model, name, self._map_attribute(value, _join(path, name)))
+        object.__setattr__(model, RECORD, _subtree(self.record, path))
+        return model
+
+    def _map_attribute(self, value, path):
+        """An attribute of a graph-model subclass for its copy: layers replaced by their copies (a
+        layer outside the graph with weights is transformed; one without is shared)."""
+        if isinstance(value, keras.layers.Layer):
+            if id(value) in self.copies or value.weights:
+                return self.transform(value, path)
+            return value
+        if isinstance(value, dict):
+            return {k: self._map_attribute(v, f"{path}/{k}") for k, v in value.items()}
+        if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+            items = [self._map_attribute(v, f"{path}/{i}") for i, v in enumerate(value)]
+            return tuple(items) if isinstance(value, tuple) else items
+        return value
+
+
+def replay(base, record):
+    """Applies a record (`Transformer.record`) to a freshly made user object: how a compressed layer
+    or model is loaded."""
+    return Transformer(record=record).transform(base)
+
+
+def transform_model(model, wrap=None, planners=(), sample=None, input_shape=None):
+    """Compresses a copy of `model`: what `kc.compress` does to the model (see `Transformer`).
+
+    Args:
+        model: a Sequential, Functional or subclassed `keras.Model`, or a graph-model subclass
+            (not changed).
+        wrap: `(original_layer, fresh_copy, prefix) -> layer` (see `Transformer`).
+        planners: the algorithms (see `Transformer`).
+        sample: an input batch: the input signature of a subclassed model, and the forward pass that
+            records the graphs of the containers (default: the model's inputs, zeros; a subclassed
+            model's build shape).
+        input_shape: the input shape (without batch) of an unbuilt Sequential model.
+
+    Returns:
+        The compressed copy.
+
+    Raises:
+        ValueError: when the model cannot be copied, or a subclassed model's input shape is unknown.
+    """
+    signature = None
+    if not is_graph_model(model):
+        if sample is not None:
+            signature = signature_of(sample)
+        elif model.built and (model.get_build_config() or {}).get("input_shape") is not None:
+            shape = model.get_build_config()["input_shape"]
+            signature = [{"shape": [None, *shape[1:]], "dtype": "float32", "name": "inputs"}]
+        else:
+            raise ValueError(
+                f"kc.compress needs the input shape of subclassed model {model.name!r}: pass calibration "
+                "data (`dataset=...`) or call the model once before compressing it."
+            )
+        _warn_unregistered(model)
+    elif not is_functional_subclass(model):
+        model = as_functional(model, input_shape)
+    recorded = {}
+    if containers_of(model):
+        if sample is None:
+            sample = sample_inputs(model) if signature is None else signature_zeros(signature)
+        recorded = record_containers(model, sample)
+    transformer = Transformer(wrap, planners, recorded, input_shape=input_shape, signature=signature)
+    return transformer.transform(model)
+
+
+def _warn_unregistered(model):
+    base = compression_base(type(model))
+    if keras.saving.get_registered_object(keras.saving.get_registered_name(base)) is not base:
+        logger.warning(
+            "%s is not registered with `@keras.saving.register_keras_serializable()`: the compressed model "
+            "trains and exports, but `keras.saving.load_model` cannot rebuild it from a saved file until "
+            "the class is registered (Keras' rule for subclassed models).", base.__name__
+        )

@@ -181,7 +181,8 @@ class QuantizationAlgorithm(CompressionAlgorithm):
 
     def plan(self, graph, path):
         """The activation quantizers of one (sub)model: see `plan_activation_quantizers`."""
-        self.first_layer_ids |= _first_layers(graph)
+        if not graph.inner:
+            self.first_layer_ids |= _first_layers(graph)
 
         def prefix(node):  # a graph recorded from a subclassed model has a path per node
             return path if node.prefix is None else node.prefix
@@ -206,7 +207,7 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         return plan_activation_quantizers(
             graph,
             weight_quantized,
-            quantize_inputs=self.config.quantize_inputs,
+            quantize_inputs=self.config.quantize_inputs or graph.inner,
             quantize_outputs=self.config.quantize_outputs,
             is_ignored=is_ignored,
             is_unified=is_unified,

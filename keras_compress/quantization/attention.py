@@ -28,6 +28,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_compress.base_layer import CompressionLayer
 from keras_compress.compressible import attention_reason, call_with_weights, weight_channel_axes
 from keras_compress.quantization.fake_quantize import FakeQuantize
 from keras_compress.quantization.quantizers import Quantizer, QuantizerSpec
@@ -98,7 +99,7 @@ _ACTIVATIONS = (
 
 
 @keras.saving.register_keras_serializable(package="keras_compress")
-class AttentionQuantizeWrapper(keras.layers.Wrapper):
+class AttentionQuantizeWrapper(CompressionLayer, keras.layers.Wrapper):
     """Quantization-aware MultiHeadAttention: quantized projections and attention matmuls.
 
     Computes what the wrapped `keras.layers.MultiHeadAttention` computes (the same sublayers and
