@@ -202,11 +202,8 @@ def child_layers(layer):
         return [(child.name, child) for child in layer.layers]
     if hasattr(type(layer), "compression_children"):
         return layer.compression_children()
-    if isinstance(layer, keras.layers.Wrapper):
-        children = [("layer", layer.layer)]
-        if isinstance(layer, CompressionLayer):
-            return children
-        return children + [(n, c) for n, c in _attribute_children(layer) if c is not layer.layer]
+    if isinstance(layer, keras.layers.Wrapper):  # the wrapped layer, and the layers of its own (input quantizers)
+        return [("layer", layer.layer)] + [(n, c) for n, c in _attribute_children(layer) if c is not layer.layer]
     if not is_container(layer):
         return []
     return _attribute_children(layer)
@@ -375,6 +372,8 @@ class ModelGraph:
     #: Whether the graph is inside another one (a nested model, a container's recorded graph): its
     #: inputs are tensors of the model, not the model's inputs.
     inner: bool = False
+    #: The model or container whose graph this is (as the graph around it names it).
+    owner: object = None
 
     def __post_init__(self):
         self._consumers = {}

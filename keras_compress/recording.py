@@ -45,6 +45,7 @@ class RecordedGraph:
 
     graph: ModelGraph
     names: list
+    owner: object = None
 
 
 class Unseen:
@@ -116,7 +117,7 @@ class _Recording:
     def ref_of(self, tensor):
         if id(tensor) not in self.refs:
             index = len(self.nodes)
-            self.nodes.append(Node(index, Unseen(f"unseen_{index}"), [], 1))
+            self.nodes.append(Node(index, Unseen(f"{self.container.name}_op{index}"), [], 1))
             self.names.append(None)
             self.refs[id(tensor)], self.dtypes[(index, 0)] = (index, 0), str(tensor.dtype)
         self.keep.append(tensor)
@@ -135,7 +136,7 @@ class _Recording:
     def result(self):
         names = [f"input_{i}" if len(self.inputs) > 1 else "inputs" for i in range(len(self.inputs))]
         graph = ModelGraph(self.nodes, self.inputs, self.outputs, self.dtypes, names)
-        return RecordedGraph(graph, self.names)
+        return RecordedGraph(graph, self.names, self.container)
 
 
 def record_containers(model, sample):

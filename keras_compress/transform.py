@@ -290,9 +290,10 @@ def set_sublayer(root, path, layer):
 class _Inserter:
     """The layers one planner inserts into one graph, each applied once per tensor."""
 
-    def __init__(self, planner, plan):
+    def __init__(self, planner, plan, unique=lambda layer: layer):
         self.planner = planner
         self.plan = plan
+        self.unique = unique
         self.layers = {}  # key -> inserted layer
         self.applied = {}  # (key, id of the input tensor) -> (input tensor, output of the inserted layer)
 
@@ -304,7 +305,7 @@ class _Inserter:
 
     def apply(self, key, tensor):
         if key not in self.layers:
-            self.layers[key] = self.planner.make_layer(key, self.plan)
+            self.layers[key] = self.unique(self.planner.make_layer(key, self.plan))
         if (key, id(tensor)) not in self.applied:
             self.applied[(key, id(tensor))] = (tensor, self.layers[key](tensor))
         return self.layers[key], self.applied[(key, id(tensor))][1]
@@ -351,15 +352,15 @@ class _SequentialPlan:
         return self._after
 
     @classmethod
-    def from_planners(cls, planners, graph, prefix):
+    def from_planners(cls, planners, graph, prefix, unique):
         before, after = {}, []
         for planner in planners:
             plan = planner.plan(graph, prefix)
             if plan is None:
                 continue
             for (call, _), key in sorted(plan.edges.items()):
-                before.setdefault(call, []).append(planner.make_layer(key, plan))
-            after += [planner.make_layer(key, plan) for _, key in sorted(plan.outputs.items())]
+                before.setdefault(call, []).append(unique(planner.make_layer(key, plan)))
+            after += [unique(planner.make_layer(key, plan)) for _, key in sorted(plan.outputs.items())]
         return cls(before, after)
 
     @classmethod
@@ -410,6 +411,7 @@ class Transformer:
         self.copies = {}  # id(original) -> its copy (a layer used in two graphs is copied once)
         self.keep = []  # the originals, alive while `copies` holds their ids
         self.frozen = []  # paths of objects that were compressed already (replay leaves them as they are)
+        self.names = set()  # the names of the layers inserted so far
         self.record = {"layers": {}, "graphs": {}}
 
     # ------------------------------------------------------------------ dispatch
@@ -435,6 +437,15 @@ class Transformer:
 
     def _is_frozen(self, path):
         return any(path == f or path.startswith(f"{f}/") or not f for f in self.frozen)
+
+    def _unique(self, layer):
+        """`layer`, renamed when an inserted layer of the model already has its name (planners name the
+        layers of one graph uniquely; containers and nested graphs may repeat names)."""
+        name, number = layer.name, 1
+        while name in self.names:
+            name, number = f"{layer.name}_{number}", number + 1
+        self.names.add(name)
+        return layer if name == layer.name else type(layer).from_config({**layer.get_config(), "name": name})
 
     def _note(self, path, layer):
         chain = describe_chain(layer)
@@ -486,7 +497,9 @@ class Transformer:
         several times takes what its first call was given.
         """
         graph = recorded.graph
-        graph.inner = True
+        graph.inner, graph.owner = True, recorded.owner
+        stem = _prefix(_join(path, "x")).replace("/", "_")  # the container's path: names unique in the model
+        graph.input_names = [f"{stem}{name}" for name in graph.input_names]
         for node, name in zip(graph.calls, recorded.names):
             node.prefix = _prefix(_join(path, name)) if name is not None else None
         inserted = {}
@@ -499,11 +512,7 @@ class Transformer:
                 name = recorded.names[call]
                 if name is None or position in inserted.get(name, {}):
                     continue
-                layer = planner.make_layer(key, plan)
-                uses[key] = uses.get(key, 0) + 1
-                if uses[key] > 1:  # one name per instance
-                    layer = type(layer).from_config({**layer.get_config(), "name": f"{layer.name}_{uses[key]}"})
-                inserted.setdefault(name, {})[position] = layer
+                inserted.setdefault(name, {})[position] = self._unique(planner.make_layer(key, plan))
         return inserted
 
     def _model_shell(self, model, replacements, path):
@@ -535,12 +544,13 @@ class Transformer:
                 return []
             replayed = [_Replayed(record, graph, slot) for slot in range(_Replayed.slots(record))]
             return [_Inserter(planner, planner) for planner in replayed]
-        return [_Inserter(planner, planner.plan(graph, f"{path}/" if path else "")) for planner in self.planners]
+        prefix = f"{path}/" if path else ""
+        return [_Inserter(planner, planner.plan(graph, prefix), self._unique) for planner in self.planners]
 
     def _graph(self, model, path):
         functional = as_functional(model, self.input_shape if not path else None)
         graph = trace_graph(functional)
-        graph.inner = bool(path)
+        graph.inner, graph.owner = bool(path), model
         inserters = self._planner_states(graph, path)
         numbers, counts = [], {}
         for call in graph.calls:
@@ -606,8 +616,8 @@ class Transformer:
             plan = _SequentialPlan.from_record(record, layers)
         else:
             graph = trace_graph(model)
-            graph.inner = True
-            plan = _SequentialPlan.from_planners(self.planners, graph, f"{path}/")
+            graph.inner, graph.owner = True, model
+            plan = _SequentialPlan.from_planners(self.planners, graph, f"{path}/", self._unique)
         new_layers, edges, outputs, inserted = [], [], {}, {}
         for index, layer in enumerate(layers):
             names = []

@@ -18,7 +18,6 @@ import keras_compress as kc  # noqa: E402
 from helpers import quantization_config  # noqa: E402
 from keras_compress.benchmark import compile_ir, compute_op_precisions, runtime_precisions  # noqa: E402
 from keras_compress.graph import iter_layers  # noqa: E402
-from keras_compress.subclassed import CompressedModel  # noqa: E402
 from subclassed_models import (  # noqa: E402
     DigitsNet,
     TextEncoder,
@@ -57,7 +56,7 @@ def test_compress_leaves_the_subclassed_model_unchanged_and_wraps_every_conv_and
     before = [w.copy() for w in model.get_weights()]
     x = _images()
     compressed, ctrl = kc.compress(model, quantization_config(), dataset=x)
-    assert isinstance(compressed, CompressedModel)
+    assert isinstance(compressed, kc.CompressedModel) and isinstance(compressed, DigitsNet)
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
     assert not any(isinstance(layer, (kc.QuantizeWrapper, kc.FakeQuantize)) for layer in iter_layers(model))
     stats = ctrl.statistics()
@@ -101,13 +100,13 @@ def test_subclassed_cnn_trains_saves_loads_in_a_new_process_and_exports_int8(tmp
         compiled = compile_ir(xml)
         ir = compiled(x)[0]
         counts = {{f"{{t}}:{{p}}": n for (t, p), n in runtime_precisions(compiled).items()}}
-        print(json.dumps({{"type": type(model).__name__, "same": same, "counts": counts,
+        print(json.dumps({{"type": type(model).__name__, "compressed": isinstance(model, kc.CompressedModel), "same": same, "counts": counts,
                           "ir_error": float(np.abs(ir - np.load("expected.npy")).max())}}))
         """,
         tmp_path,
     )
     result = json.loads(out.strip().splitlines()[-1])
-    assert result["type"] == "CompressedModel"
+    assert result["type"] == "DigitsNet" and result["compressed"]
     assert result["same"] < 1e-5
     assert result["counts"] == {"Convolution:u8": 3, "FullyConnected:u8": 1}
     expected = np.load(tmp_path / "expected.npy")

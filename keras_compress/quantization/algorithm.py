@@ -181,7 +181,8 @@ class QuantizationAlgorithm(CompressionAlgorithm):
 
     def plan(self, graph, path):
         """The activation quantizers of one (sub)model: see `plan_activation_quantizers`."""
-        if not graph.inner:
+        # The layers that read the model's inputs, through the models and containers that do.
+        if not graph.inner or id(graph.owner) in self.first_layer_ids:
             self.first_layer_ids |= _first_layers(graph)
 
         def prefix(node):  # a graph recorded from a subclassed model has a path per node
@@ -334,7 +335,7 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         for layer in layers:
             rc = _range_config_for(self.config, [layer.name, layer.name.rsplit("_quantizer", 1)[0]])
             collector = RangeCollector(rc.type, rc.params.min_percentile, rc.params.max_percentile)
-            collectors[layer.name] = collector
+            collectors[id(layer)] = collector
             layer.observer = lambda x, c=collector: c.update(keras.ops.convert_to_numpy(x))
             layer.enabled = False
         try:
@@ -349,7 +350,7 @@ class QuantizationAlgorithm(CompressionAlgorithm):
                 "`dataset` yielded no batches (it is empty, or an iterator that was already read to the end)."
             )
         for layer in layers:
-            low, high = collectors[layer.name].result()
+            low, high = collectors[id(layer)].result()
             layer.quantizer.set_range(low, high)
         return seen
 
