@@ -28,7 +28,7 @@ import types
 
 import keras
 
-__all__ = ["copy_layer"]
+__all__ = ["copy_layer", "set_tracked"]
 
 #: A layer's links to the graph nodes of its calls: the copy starts with none.
 _GRAPH_LINKS = ("_inbound_nodes", "_outbound_nodes")
@@ -179,3 +179,20 @@ def _filled(cell):
     except ValueError:
         return False
     return True
+
+
+def set_tracked(layer, name, value):
+    """`setattr(layer, name, value)`, tracked by Keras (sublayers, variables) even when `layer` is built.
+
+    Keras locks a built layer's state (new sublayers raise); keras_compress adds layers to a copy it made
+    (the activation quantizers of a container's own matmuls), so it opens the lock for this one attribute.
+    """
+    tracker = vars(layer).get("_tracker")
+    locked = tracker is not None and tracker.locked
+    if locked:
+        tracker.unlock()
+    try:
+        setattr(layer, name, value)
+    finally:
+        if locked:
+            tracker.lock()

@@ -25,6 +25,7 @@ __all__ = [
     "fresh_copy",
     "is_any_tensor",
     "is_symbolic",
+    "functional_class",
     "is_functional_subclass",
     "is_graph_model",
     "child_layers",
@@ -163,6 +164,9 @@ def node_weights(op):
 TensorRef = tuple
 
 
+#: Prefixes of the attributes TensorFlow's object tracking adds to a layer (`_self_unconditional_...`):
+#: bookkeeping, not sublayers (a user's `_self_attention` attribute is one).
+TRACKING_ATTRIBUTES = ("_self_unconditional", "_self_update_uid", "_self_name_based", "_self_saveable", "_self_setattr")
 #: Attributes every Keras layer and model has: not sublayers of a user's class.
 _BASE_ATTRIBUTES = frozenset(dir(keras.layers.Layer())) | frozenset(dir(keras.Model()))
 
@@ -213,7 +217,7 @@ def _attribute_children(layer):
     """`[(attribute path, layer)]` of the layers in `layer`'s own attributes, lists and dicts."""
     children = []
     for attribute, value in sorted(vars(layer).items()):
-        if attribute in _BASE_ATTRIBUTES or attribute.startswith(("__", "_self_")):
+        if attribute in _BASE_ATTRIBUTES or attribute.startswith(("__", *TRACKING_ATTRIBUTES)):
             continue
         if attribute == "layer" and isinstance(layer, keras.layers.Wrapper):
             continue
@@ -490,11 +494,12 @@ def is_graph_model(model):
 def is_functional_subclass(model):
     """Whether `model` is a graph model of a class of its own (a KerasHub backbone or task, or a
     compressed one): its class, attributes and methods must survive a transformation of its graph."""
-    return is_graph_model(model) and not isinstance(model, keras.Sequential) and type(model) is not _functional_class()
+    return is_graph_model(model) and not isinstance(model, keras.Sequential) and type(model) is not functional_class()
 
 
 @functools.cache
-def _functional_class():
+def functional_class():
+    """Keras' Functional model class (what `keras.Model(inputs, outputs)` makes)."""
     inputs = keras.Input((1,))
     return type(keras.Model(inputs, inputs))
 

@@ -44,17 +44,25 @@ class InputsWrapper(CompressionLayer, keras.layers.Wrapper):
         ]
 
     def build(self, input_shape=None):
-        # The wrapped layer and the input layers build on their first call (the wrapped layer may
-        # take several inputs, whose shapes its own `build` knows how to read).
+        # The wrapped layer builds on its first call (it may take several inputs, whose shapes its own
+        # `build` knows how to read); the input layers (activation quantizers) need no shape.
+        for layer in self.input_layers:
+            if not layer.built:
+                layer.build()
         self.built = True
 
     def call(self, inputs, *args, **kwargs):
-        replace = {position: inner for position, inner in zip(self.positions, self.input_layers)}
+        # A call whose tensor at a position is not a float one (token ids for a reversible embedding's
+        # lookup, whose reverse call reads floats) leaves it as it is.
+        replace = {
+            position: (lambda x, inner=inner: inner(x) if "float" in str(x.dtype) else x)
+            for position, inner in zip(self.positions, self.input_layers)
+        }
         (inputs, *args), kwargs = replace_call_tensors((inputs, *args), kwargs, replace, is_any_tensor)
         return self.layer(inputs, *args, **kwargs)
 
-    def compute_output_shape(self, input_shape):
-        return self.layer.compute_output_shape(input_shape)
+    def compute_output_shape(self, input_shape, *args, **kwargs):
+        return self.layer.compute_output_shape(input_shape, *args, **kwargs)
 
     def strip(self):
         """This wrapper of an inference model: its layer and its input layers stripped (activation

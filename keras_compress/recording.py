@@ -15,7 +15,9 @@ attributes are removed afterwards whatever happens.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import types
 
 import keras
 
@@ -28,6 +30,7 @@ from keras_compress.graph import (
     is_container,
     is_graph_model,
 )
+from keras_compress.operations import OperationNode, attention_with_public_ops, has_private_attention, intercepting
 
 __all__ = ["RecordedGraph", "containers_of", "record_containers", "sample_inputs"]
 
@@ -40,7 +43,8 @@ class RecordedGraph:
         graph: a `ModelGraph` whose nodes hold the sublayers (and `Unseen` producers); its inputs are
             the tensors the container was called with.
         names: each node's sublayer name (its attribute path, see `graph.child_layers`), None for an
-            unseen producer.
+            unseen producer, `("op", k)` for the k-th matmul between activations of the container's
+            own `call()` (see `keras_compress.operations`).
     """
 
     graph: ModelGraph
@@ -123,6 +127,16 @@ class _Recording:
         self.keep.append(tensor)
         return self.refs[id(tensor)]
 
+    def operation(self, name, operands, output):
+        """A matmul between activations made by the container itself (`keras_compress.operations`)."""
+        number = sum(1 for n in self.names if isinstance(n, tuple))
+        inputs = [self.ref_of(t) for t in operands]
+        index = len(self.nodes)
+        self.nodes.append(Node(index, OperationNode(f"{self.container.name}_{name}{number}", number), inputs, 1))
+        self.names.append(("op", number))
+        self.refs[id(output)], self.dtypes[(index, 0)] = (index, 0), str(output.dtype)
+        self.keep.append(output)
+
     def node(self, child, args, kwargs, outputs):
         inputs = [self.ref_of(t) for t in flatten_call_args(args, kwargs, is_any_tensor)]
         flat = [t for t in keras.tree.flatten(outputs) if is_any_tensor(t)]
@@ -188,14 +202,32 @@ def record_containers(model, sample):
         object.__setattr__(layer, "call", call)
         patched.append(layer)
 
+    def handler(recording):
+        def record(name, original, args, kwargs, positions):
+            output = original(*args, **kwargs)
+            operands = [args[p] for p in positions]
+            if recording.started and not recording.done and all(_is_concrete(t) for t in operands):
+                recording.operation(name, operands, output)
+            return output
+
+        return record
+
+    attention = [c for c in containers if has_private_attention(type(c))]
     try:
-        for layer in {id(l): l for c in containers for l in [c, *(ch for _, ch in child_layers(c))]}.values():
-            instrument(layer)
-        sample = keras.tree.map_structure(keras.ops.convert_to_tensor, sample)
-        model(sample, training=False)
+        with contextlib.ExitStack() as contexts:
+            for layer in {id(l): l for c in containers for l in [c, *(ch for _, ch in child_layers(c))]}.values():
+                instrument(layer)
+            for container in containers:
+                contexts.enter_context(intercepting(container, handler(recordings[id(container)])))
+            for layer in attention:  # its matmuls through the public ops, while recording
+                object.__setattr__(layer, "_compute_attention", types.MethodType(attention_with_public_ops, layer))
+            sample = keras.tree.map_structure(keras.ops.convert_to_tensor, sample)
+            model(sample, training=False)
     finally:
         for layer in patched:
             object.__delattr__(layer, "call")
+        for layer in attention:
+            object.__delattr__(layer, "_compute_attention")
     return {key: recording.result() for key, recording in recordings.items() if recording.done}
 
 

@@ -28,16 +28,19 @@ model loads wherever the uncompressed one loads, and no copy depends on a layer'
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import keras
 import numpy as np
 
 from keras_compress.base_layer import CompressionLayer, innermost
-from keras_compress.copying import copy_layer
+from keras_compress.copying import copy_layer, set_tracked
 from keras_compress.graph import (
     _BASE_ATTRIBUTES,
+    TRACKING_ATTRIBUTES,
     as_functional,
+    functional_class,
     child_layers,
     fresh_copy,
     is_container,
@@ -49,6 +52,7 @@ from keras_compress.graph import (
     trace_graph,
 )
 from keras_compress.inputs_wrapper import InputsWrapper
+from keras_compress.operations import applying, attention_with_public_ops, has_private_attention
 from keras_compress.recording import containers_of, record_containers, sample_inputs
 
 __all__ = [
@@ -65,6 +69,9 @@ logger = logging.getLogger("keras_compress")
 
 #: The attribute holding a compressed object's record (see `Transformer`).
 RECORD = "_compression_record"
+#: The attribute of a compressed container holding the layers applied to the operands of its own
+#: matmuls: `{"<k>_<operand>": layer}` (see `keras_compress.operations`).
+OPERATIONS = "_compression_operations"
 
 
 def _join(path, name):
@@ -76,15 +83,20 @@ def _prefix(path):
     return path.rsplit("/", 1)[0] + "/" if "/" in path else ""
 
 
+#: The parts of a record keyed by path (of a layer, a graph, a container).
+_PATH_KEYED = ("layers", "graphs", "operations")
+
+
 def _subtree(record, path):
-    """The part of `record` under `path`, with paths relative to it."""
+    """The part of `record` under `path` (the object at `path` included), with paths relative to it."""
     if not path:
         return record
     start = f"{path}/"
-    layers = {k[len(start):]: v for k, v in record["layers"].items() if k.startswith(start)}
-    graphs = {(k[len(start):] if k != path else ""): v for k, v in record["graphs"].items()
-              if k == path or k.startswith(start)}  # fmt: skip
-    return {**{k: v for k, v in record.items() if k not in ("layers", "graphs")}, "layers": layers, "graphs": graphs}
+    part = {k: v for k, v in record.items() if k not in _PATH_KEYED}
+    for key in _PATH_KEYED:
+        part[key] = {(k[len(start):] if k != path else ""): v for k, v in record.get(key, {}).items()
+                     if k == path or k.startswith(start)}  # fmt: skip
+    return part
 
 
 def describe_chain(layer):
@@ -185,13 +197,32 @@ def compressed_class(base):
     base = compression_base(base)
     if base not in _CLASSES:
         mixin = CompressedModel if issubclass(base, keras.Model) else CompressedLayer
-        cls = type(base.__name__, (mixin, base), {"__module__": base.__module__, "__qualname__": base.__qualname__,
-                                                   "_compression_base": base})  # fmt: skip
+        namespace = {"__module__": base.__module__, "__qualname__": base.__qualname__, "_compression_base": base}
+        if not issubclass(base, keras.Model):
+            namespace["call"] = _call_applying_operation_layers(base.call)
+        if has_private_attention(base):
+            namespace["_compute_attention"] = attention_with_public_ops
+        cls = type(base.__name__, (mixin, base), namespace)
         # Every compressed class saves under the mixin's registered name; its from_config reads the
         # user's class from the config.
         keras.saving.register_keras_serializable(package="keras_compress", name=mixin.__name__)(cls)
         _CLASSES[base] = cls
     return _CLASSES[base]
+
+
+def _call_applying_operation_layers(call):
+    """The user's `call`, with the layers of the container's own matmuls applied (see `OPERATIONS`);
+    its signature is the user's (Keras reads `training` and `mask` from it)."""
+
+    @functools.wraps(call)
+    def wrapped(self, *args, **kwargs):
+        layers = vars(self).get(OPERATIONS)
+        if not layers:
+            return call(self, *args, **kwargs)
+        with applying(self, layers):
+            return call(self, *args, **kwargs)
+
+    return wrapped
 
 
 def compression_base(cls):
@@ -226,6 +257,22 @@ def signature_of(batch):
         return {name: spec(name, keras.ops.convert_to_numpy(value)) for name, value in batch.items()}
     parts = keras.tree.flatten(batch)
     return [spec(f"input_{i}" if len(parts) > 1 else "inputs", keras.ops.convert_to_numpy(p)) for i, p in enumerate(parts)]
+
+
+def _build_like(new, layer):
+    """Builds `new` (wrappers around a copy of `layer`), innermost first, as `layer` was built: a
+    container called in a graph may compute its output shape without calling its sublayers, which
+    would leave them unbuilt."""
+    config = layer.get_build_config() if layer.built else None
+    if not config:
+        return
+    chain = []
+    while isinstance(new, CompressionLayer) and isinstance(new, keras.layers.Wrapper):
+        chain.append(new)
+        new = new.layer
+    for wrapper in reversed(chain):
+        if not wrapper.built:
+            wrapper.build_from_config(config)
 
 
 def base_config(layer):
@@ -373,6 +420,33 @@ class _SequentialPlan:
         return cls(before, [make(n) for n in record.get("outputs", {}).get("0", [])])
 
 
+def _attribute_layers(model):
+    """Ids of the layers a graph-model subclass (or one nested in it) holds in its attributes."""
+    found, seen = set(), set()
+
+    def walk(value):
+        if id(value) in seen:
+            return
+        seen.add(id(value))
+        if isinstance(value, keras.layers.Layer):
+            found.add(id(value))
+            if is_functional_subclass(value):
+                for name, item in vars(value).items():
+                    if name not in _BASE_ATTRIBUTES and not name.startswith(TRACKING_ATTRIBUTES):
+                        walk(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    for name, item in vars(model).items():
+        if name not in _BASE_ATTRIBUTES and not name.startswith(TRACKING_ATTRIBUTES):
+            walk(item)
+    return found
+
+
 def _has_inputs(model):
     try:
         return bool(model.inputs)
@@ -412,7 +486,8 @@ class Transformer:
         self.keep = []  # the originals, alive while `copies` holds their ids
         self.frozen = []  # paths of objects that were compressed already (replay leaves them as they are)
         self.names = set()  # the names of the layers inserted so far
-        self.record = {"layers": {}, "graphs": {}}
+        self.pending = {}  # id(original layer) -> {input position: layer}: its InputsWrapper's layers
+        self.record = {key: {} for key in _PATH_KEYED}
 
     # ------------------------------------------------------------------ dispatch
     def transform(self, obj, path=""):
@@ -460,27 +535,42 @@ class Transformer:
             new = build_chain(chain, fresh) if chain else fresh
         else:
             new = self.wrap(layer, fresh, _prefix(path)) if self.wrap is not None else fresh
+            if id(layer) in self.pending:
+                new = InputsWrapper(new, self.pending.pop(id(layer)))
+        _build_like(new, fresh)
         self._note(path, new)
         return new
 
     # ------------------------------------------------------------------ containers
     def _container(self, obj, path):
         recorded = self.recorded.get(id(obj))
-        planned = self._input_layers(recorded, path) if recorded is not None else {}
+        planned, operations = self._input_layers(recorded, path) if recorded is not None else ({}, {})
+        if self.replaying is not None and not self._is_frozen(path):
+            configs = self.replaying.get("operations", {}).get(path, {})
+            operations = {k: keras.saving.deserialize_keras_object(c) for k, c in configs.items()}
         replacements = {}
         for name, child in child_layers(obj):
             child_path = _join(path, name)
             new = self.transform(child, child_path)
             if name in planned:
                 new = InputsWrapper(new, planned[name])
+                _build_like(new, child)
                 self._note(child_path, new)
             replacements[child] = new
-        changed = any(k.startswith(f"{path}/") or not path for k in [*self.record["layers"], *self.record["graphs"]])
+        changed = bool(operations) or any(
+            k == path or k.startswith(f"{path}/") or not path for part in _PATH_KEYED for k in self.record[part]
+        )
         if isinstance(obj, keras.Model):
             shell = self._model_shell(obj, replacements, path)
         else:
             cls = compressed_class(type(obj)) if changed else type(obj)
             shell = copy_layer(obj, replacements, cls=cls)
+            if operations:
+                set_tracked(shell, OPERATIONS, operations)
+            if vars(shell).get(OPERATIONS):
+                self.record["operations"][path] = {
+                    k: keras.saving.serialize_keras_object(layer) for k, layer in vars(shell)[OPERATIONS].items()
+                }
         if changed or is_compressed(shell):
             record = _subtree(self.record, path)
             signature = (self.signature if not path else None) or getattr(obj, RECORD, {}).get("input_signature")
@@ -490,7 +580,8 @@ class Transformer:
         return shell
 
     def _input_layers(self, recorded, path):
-        """`{sublayer name: {input position: layer}}`: what the planners insert on the recorded graph.
+        """What the planners insert on the recorded graph: `({sublayer name: {input position: layer}},
+        {"<k>_<operand>": layer})`, the latter for the container's own matmuls (`OPERATIONS`).
 
         Each consumer gets its own instance of a planned layer (one layer held by several wrappers
         would not load from a file); they all start from the same statistics. A sublayer called
@@ -501,19 +592,22 @@ class Transformer:
         stem = _prefix(_join(path, "x")).replace("/", "_")  # the container's path: names unique in the model
         graph.input_names = [f"{stem}{name}" for name in graph.input_names]
         for node, name in zip(graph.calls, recorded.names):
-            node.prefix = _prefix(_join(path, name)) if name is not None else None
-        inserted = {}
+            node.prefix = _prefix(_join(path, name)) if isinstance(name, str) else None
+        inserted, operations = {}, {}
+        own_operations = not isinstance(recorded.owner, keras.Model)  # a model's call is not intercepted
         for planner in self.planners:
             plan = planner.plan(graph, _prefix(_join(path, "x")))
             if plan is None:
                 continue
-            uses = {}
             for (call, position), key in sorted(plan.edges.items()):
                 name = recorded.names[call]
-                if name is None or position in inserted.get(name, {}):
-                    continue
-                inserted.setdefault(name, {})[position] = self._unique(planner.make_layer(key, plan))
-        return inserted
+                if isinstance(name, tuple):
+                    slot = f"{name[1]}_{position}"
+                    if own_operations and slot not in operations:
+                        operations[slot] = self._unique(planner.make_layer(key, plan))
+                elif name is not None and position not in inserted.get(name, {}):
+                    inserted.setdefault(name, {})[position] = self._unique(planner.make_layer(key, plan))
+        return inserted, operations
 
     def _model_shell(self, model, replacements, path):
         """A subclassed model's copy: made from its config, its sublayers replaced, then built."""
@@ -552,6 +646,7 @@ class Transformer:
         graph = trace_graph(functional)
         graph.inner, graph.owner = bool(path), model
         inserters = self._planner_states(graph, path)
+        in_wrappers = self._move_to_wrappers(model, graph, inserters)
         numbers, counts = [], {}
         for call in graph.calls:
             numbers.append(counts.get(id(call.layer), 0))
@@ -575,6 +670,9 @@ class Transformer:
             counter[0] += 1
             replace = {}
             for position in range(len(call.inputs)):
+                if (call.index, position) in in_wrappers:
+                    continue
+
                 def quantize(tensor, position=position):
                     tensor, names = insert(tensor, lambda inserter: inserter.edge((call.index, position)))
                     if names:
@@ -639,6 +737,27 @@ class Transformer:
             self.record["graphs"][path] = {"edges": edges, "outputs": outputs, "inserted": configs}
         return keras.Sequential(new_layers, name=model.name)
 
+    def _move_to_wrappers(self, model, graph, inserters):
+        """Moves the layers planned on the inputs of a graph-model subclass's attribute layers into
+        their `InputsWrapper`: its methods call them directly (a KerasHub `CausalLM.generate()` calls
+        `backbone.token_embedding(x, reverse=True)` for the logits), and must get the same quantizers
+        as the graph. Returns the edges moved (not inserted in the graph)."""
+        moved = set()
+        if not is_functional_subclass(model) or self.replaying is not None:
+            return moved
+        direct = _attribute_layers(model)
+        for inserter in inserters:
+            if inserter.plan is None:
+                continue
+            for (index, position), key in sorted(inserter.plan.edges.items()):
+                layer = graph.calls[index].layer
+                if id(layer) in direct and id(layer) not in self.copies and isinstance(layer, keras.layers.Layer):
+                    layer_inputs = self.pending.setdefault(id(layer), {})
+                    if position not in layer_inputs:
+                        layer_inputs[position] = self._unique(inserter.planner.make_layer(key, inserter.plan))
+                    moved.add((index, position))
+        return moved
+
     def _carry_graph_record(self, model, new, path):
         """The insertions of a compressed model's graph, as the copy holds them (its layers of the
         same names: the inference versions when stripping)."""
@@ -658,10 +777,12 @@ class Transformer:
         copied graph, holding the original's attributes with every layer replaced by its copy."""
         cls = compressed_class(type(original))
         model = cls.__new__(cls)
-        keras.Model.__init__(model, inputs=clone.input, outputs=clone.output, name=original.name)
+        # What the user's class does in `__init__` (`super().__init__(inputs=..., outputs=...)`, once
+        # Keras has put Functional among its bases), on the copied graph.
+        functional_class().__init__(model, clone.input, clone.output, name=original.name)
         own = set(vars(model))
         for name, value in vars(original).items():
-            if name in own or name in _BASE_ATTRIBUTES or name.startswith("_self_") or name == RECORD:
+            if name in own or name in _BASE_ATTRIBUTES or name.startswith(TRACKING_ATTRIBUTES) or name == RECORD:
                 continue
             setattr(model, name, self._map_attribute(value, _join(path, name)))
         object.__setattr__(model, RECORD, _subtree(self.record, path))

@@ -181,7 +181,7 @@ class WeightsWrapper(CompressionLayer, keras.layers.Wrapper):
             self.name,
         )
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, *args, training=None, **kwargs):
         if training:
             self._warn_if_not_driven()
             # Only the outermost wrapper's call runs: it adds the losses of the whole stack.
@@ -192,15 +192,15 @@ class WeightsWrapper(CompressionLayer, keras.layers.Wrapper):
         hooks = {}
         for wrapper in self._chain()[0]:
             hooks.update(wrapper.call_hooks())
-        return call_with_weights(unwrap(self), inputs, self.effective_weights(training), hooks)
+        return call_with_weights(unwrap(self), inputs, self.effective_weights(training), hooks, *args, **kwargs)
 
     def call_hooks(self):
         """Functions this wrapper applies to intermediate tensors of the layer's computation (see
         `call_with_weights`); none by default."""
         return {}
 
-    def compute_output_shape(self, input_shape):
-        return self.layer.compute_output_shape(input_shape)
+    def compute_output_shape(self, input_shape, *args, **kwargs):
+        return self.layer.compute_output_shape(input_shape, *args, **kwargs)
 
     @classmethod
     def from_config(cls, config, custom_objects=None):

@@ -33,7 +33,10 @@ __all__ = ["QuantizationAlgorithm"]
 logger = logging.getLogger("keras_compress")
 
 #: Kinds of compressible layers whose weights are quantized (embeddings are not).
-WEIGHT_KINDS = ("conv", "depthwise", "separable", "conv_transpose", "dense", "einsum_dense", "attention")
+WEIGHT_KINDS = (
+    "conv", "depthwise", "separable", "conv_transpose", "dense", "einsum_dense", "attention", "reversible_embedding",
+    "custom",
+)  # fmt: skip
 
 
 class QuantizationAlgorithm(CompressionAlgorithm):
