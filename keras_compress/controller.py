@@ -41,6 +41,7 @@ from keras_compress.quantization import FakeQuantize, QuantizationAlgorithm
 from keras_compress.selection import check_scopes, resolve_torch_scopes, unmatched_quantizer_scopes
 from keras_compress.sparsity import MagnitudeSparsityAlgorithm, MovementSparsityAlgorithm, RBSparsityAlgorithm
 from keras_compress.statistics import CompressionStatistics
+from keras_compress.recording import containers_of
 from keras_compress.transform import transform_model
 from keras_compress.wrapper import PROGRESS_VARIABLES, WeightsWrapper
 
@@ -206,9 +207,10 @@ def compress(
     if subclassed:
         _check_graph_free(algorithms, model)
     sample = None
-    if dataset is not None:
+    if dataset is not None and (subclassed or containers_of(original)):  # the input signature, a recording
         sample, dataset = peek_batch(dataset)
-        sample = keras.tree.map_structure(lambda x: x[:8], sample)
+        if sample is not None:
+            sample = keras.tree.map_structure(lambda x: x[:8], sample)
     compressed = transform_model(original, wrap_fn, algorithms, sample=sample, input_shape=input_shape)
     quantizer_paths = [p for p, layer in layers_by_path(compressed).items() if isinstance(layer, FakeQuantize)]
     for path, message in unmatched_quantizer_scopes(compressed, cfg, quantizer_paths):

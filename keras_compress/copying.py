@@ -18,7 +18,9 @@ What it knows of Keras' objects is written here and nowhere else:
   `_outbound_nodes`) are not copied: the copy has been called nowhere yet;
 - modules are shared (a SeedGenerator holds the backend module);
 - functions held by a copied object that close over it (Keras wraps each layer's `build` in a
-  closure over the layer, stored on the instance) are made again over the copy.
+  closure over the layer, stored on the instance) are made again over the copy;
+- a helper object Python cannot copy (Keras' `DynamicBackend`, whose `__getattr__` recurses on an
+  object made without `__init__`) is shared with the original.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def copy_layer(layer, replacements=None, cls=None):
         >>> copy.kernel is dense.kernel, bool((copy.kernel.numpy() == dense.kernel.numpy()).all())
         (False, True)
     """
-    memo = {id(original): new for original, new in (replacements or {}).items()}
+    memo = _Memo({id(original): new for original, new in (replacements or {}).items()})
     keep = [layer]  # the originals, alive while `memo` holds their ids
     shells = []
 
@@ -118,7 +120,15 @@ def copy_layer(layer, replacements=None, cls=None):
     def deep(value):
         if isinstance(value, types.FunctionType) and value.__closure__:
             return _rebind_closure(value, memo)
-        return copy.deepcopy(value, memo)
+        memo.journal = []
+        try:
+            return copy.deepcopy(value, memo)
+        except (RecursionError, TypeError, AttributeError):
+            for key in memo.journal:  # forget what the failed copy registered
+                memo.pop(key, None)
+            return value
+        finally:
+            memo.journal = None
 
     for original in shells:
         shell = memo[id(original)]
@@ -196,3 +206,14 @@ def set_tracked(layer, name, value):
     finally:
         if locked:
             tracker.lock()
+
+
+class _Memo(dict):
+    """`copy.deepcopy`'s memo, with a journal of the keys one copy adds (to undo a failed one)."""
+
+    journal = None
+
+    def __setitem__(self, key, value):
+        if self.journal is not None and key not in self:
+            self.journal.append(key)
+        super().__setitem__(key, value)
