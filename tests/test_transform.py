@@ -600,7 +600,8 @@ def test_custom_layers_are_left_as_they_are_and_listed_as_skipped():
     assert types["plain"] is kc.QuantizeWrapper and types["fc"] is kc.QuantizeWrapper
     assert ctrl.statistics().sections["quantization"]["skipped"] == {
         "doubled": "subclass of Conv2D that overrides call()",
-        "scale": "layer type ChannelScale is not supported",
+        "scale": "layer type ChannelScale computes with weights of its own: it runs in float (opt it in with "
+        "`compressible_weights()` and `call_with_weights()`, see docs/custom_layers.md)",
     }
     np.testing.assert_array_equal(np.asarray(compressed.get_layer("scale").scale), [0.5, -1.0, 2.0, 3.0])
     assert_same_outputs(off(x), model(x), atol=1e-6)
