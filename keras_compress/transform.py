@@ -244,6 +244,9 @@ class Transformer:
             cls = compressed_class(type(obj)) if changed else type(obj)
             shell = copy_layer(obj, replacements, cls=cls)
             if operations:
+                for layer in operations.values():
+                    if not layer.built:
+                        layer.build()
                 set_tracked(shell, OPERATIONS, operations)
             if vars(shell).get(OPERATIONS):
                 self.record["operations"][path] = {
@@ -483,8 +486,12 @@ class Transformer:
 
 def replay(base, record):
     """Applies a record (`Transformer.record`) to a freshly made user object: how a compressed layer
-    or model is loaded."""
-    return Transformer(record=record).transform(base)
+    or model is loaded. A graph model is then run once, which builds the layers its graph does not
+    build (a container's sublayers when it has a shape rule of its own), before Keras loads weights."""
+    model = Transformer(record=record).transform(base)
+    if is_graph_model(model):
+        model(sample_inputs(model), training=False)
+    return model
 
 
 CompressedLayer.replay = staticmethod(replay)

@@ -57,9 +57,9 @@ def reload_and_export(model, x, tmp_path, config=None):
     path = tmp_path / "model.keras"
     model.save(path)
     expected = model.predict(x, verbose=0)
-    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "x.npz", **(x if isinstance(x, dict) else {"x": x}))
     np.save(tmp_path / "expected.npy", expected)
-    command = [sys.executable, str(TESTS / "programs" / "reload_and_export.py"), str(path), str(tmp_path / "x.npy"),
+    command = [sys.executable, str(TESTS / "programs" / "reload_and_export.py"), str(path), str(tmp_path / "x.npz"),
                str(tmp_path / "expected.npy"), str(tmp_path / "ir"), "--module", "composite_models"]  # fmt: skip
     if config is not None:
         (tmp_path / "config.json").write_text(json.dumps(config))
