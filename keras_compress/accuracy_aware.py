@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 
 import keras
-import numpy as np
 
 from keras_compress.statistics import format_table
 
@@ -97,13 +96,11 @@ class AccuracyAwareCallback(keras.callbacks.Callback):
         return a > b if self.params_.metric_mode == "max" else a < b
 
     def _levels(self):
-        return {
-            a.name: float(a.level) for a in self.controller.algorithms if getattr(a, "level", None) is not None
-        }
+        return {a.name: float(a.level) for a in self.controller.algorithms if a.level is not None}
 
     def _fully_compressed(self):
         for algorithm in self.controller.algorithms:
-            target = _target(algorithm)
+            target = algorithm.target_level()
             if target is not None and algorithm.level < target - 1e-6:
                 return False
         return True
@@ -114,13 +111,14 @@ class AccuracyAwareCallback(keras.callbacks.Callback):
             self.reference = self._measure_reference()
         self.bound = accuracy_bound(self.reference, self.params_)
         if self.config.mode == "adaptive_compression_level":
-            candidates = [a for a in self.controller.algorithms if hasattr(a, "set_level")]
-            if not candidates:
+            candidates = [a for a in self.controller.algorithms if a.adaptive]
+            if not candidates:  # the config's validation refuses such a config
                 raise ValueError(
-                    "adaptive_compression_level needs filter pruning or sparsity in `compression`."
+                    "adaptive_compression_level needs an algorithm whose level can be set (filter pruning, "
+                    f"sparsity). Received: {', '.join(a.name for a in self.controller.algorithms) or 'none'}"
                 )
             self.algorithm = candidates[0]
-            self.max_level = _target(self.algorithm)
+            self.max_level = self.algorithm.target_level()
             self.level = self.algorithm.level
             self.algorithm.set_level(self.model, self.level)
         logger.info(
@@ -215,16 +213,3 @@ class AccuracyAwareCallback(keras.callbacks.Callback):
         """The search as a text table (epoch, level, metric, within bound)."""
         rows = [[r["epoch"], f"{r['level']:.4f}", f"{r['metric']:.4f}", r["within_bound"]] for r in self.history]
         return format_table(["epoch", "level", self.params_.metric, "within bound"], rows)
-
-
-def _target(algorithm):
-    """The final level an algorithm's schedule aims at (None for quantization)."""
-    schedule = getattr(algorithm, "schedule", None)
-    if schedule is not None and hasattr(schedule, "target"):
-        return float(schedule.target)
-    params = getattr(getattr(algorithm, "config", None), "params", None)
-    for key in ("sparsity_target", "pruning_target"):
-        value = getattr(params, key, None)
-        if value is not None:
-            return float(value)
-    return None

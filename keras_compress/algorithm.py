@@ -11,10 +11,14 @@ every stage of a model's compression:
   `initialize(model, batches, verbose)`;
 - schedule, from the controller's callbacks: `on_compress`, `set_steps_per_epoch`, `on_train_begin`,
   `on_epoch_begin`, `on_train_batch_begin` (and `set_level` for accuracy-aware training);
-- report: `statistics(model)`; export: `strip(model)`; state: `get_state()`, `set_state(state)`;
+- report: `statistics(model)` (numbers; `progress_figures` names those that move during training);
+- level (accuracy-aware training): `adaptive`, `target_level()`, `set_level(model, level)`, `level`;
+- export: `export_model(model)`, the model-level step after every layer is stripped (filter
+  pruning removes the pruned filters); `kc.export` finds the algorithms of a model by their
+  `layer_types`, so it needs no controller;
 - resume: `restore(model, epoch)` instead of `on_compress` when `kc.compress` binds a controller to
-  an already-compressed model (a loaded `.keras` file); `layer_types` tells which layers of a model
-  are this algorithm's.
+  an already-compressed model (a loaded `.keras` file): the masks, ranges and progress counters
+  are variables of the model, so nothing else needs saving.
 
 Initialization runs in this order for all algorithms together: `initialize_weights` (data-free or
 weight-side: weight ranges, mixed precision), BatchNorm adaptation (with every algorithm's
@@ -32,6 +36,7 @@ class CompressionAlgorithm:
     Args:
         config: the algorithm's config section.
         target_device: the config's `target_device`.
+        config_path: the JSON path of the section (`("compression", 1)` in a list), for messages.
 
     Attributes:
         name: the config's `algorithm` name.
@@ -46,12 +51,20 @@ class CompressionAlgorithm:
     #: The layer classes this algorithm puts into a model: a model holding one of them is
     #: already compressed by this algorithm.
     layer_types = ()
-    #: Those of `layer_types` that compress weights (besides every `WeightsWrapper`).
-    weight_layer_types = ()
+    #: Whether its wrappers go around the others' (quantization: it sees the weights they mask).
+    wraps_outermost = False
+    #: Whether accuracy-aware training can move its level (`target_level`, `set_level`). The config's
+    #: `adaptive_compression_level` mode accepts the algorithms that can (tests tie the two lists).
+    adaptive = False
+    #: The names of its `statistics` figures that move during training (into `fit`'s logs every epoch).
+    progress_figures = ()
+    #: What it compresses, for the warning about a model in which it finds nothing to compress.
+    compresses = ""
 
-    def __init__(self, config, target_device="ANY"):
+    def __init__(self, config, target_device="ANY", config_path=("compression",)):
         self.config = config
         self.target_device = target_device
+        self.config_path = tuple(config_path)
 
     # ----------------------------------------------------------------- plan
     def wrap(self, original, layer, path):
@@ -112,13 +125,19 @@ class CompressionAlgorithm:
         """`{"figures": {name: number}, table name: (header, rows), ..., "skipped": {layer: reason}}`."""
         return {"figures": {}}
 
-    def strip(self, model):
-        """A model-level export transform of an already stripped model (filter pruning removes filters)."""
+    @classmethod
+    def export_model(cls, model):
+        """The model-level step of export, on a model whose layers are stripped (filter pruning removes
+        the pruned filters); the model itself by default."""
         return model
 
-    def get_state(self):
-        """What `set_state` needs to continue the schedule (plain Python values)."""
-        return {}
+    # ----------------------------------------------------------------- level
+    def target_level(self):
+        """The level its schedule aims at (what accuracy-aware training may go up to), or None."""
+        return None
 
-    def set_state(self, state):
-        """Restores what `get_state` returned."""
+    def set_level(self, model, level):
+        """Sets the compression level now, overriding the schedule (accuracy-aware training)."""
+        raise ValueError(
+            f"The {self.name} algorithm has no compression level to set. Received: level={level}"
+        )

@@ -1,11 +1,13 @@
-"""`kc.compress` and the `CompressionController` it returns: the one place that knows the algorithms.
+"""`kc.compress` and the `CompressionController` it returns (it knows the algorithms only through the
+`CompressionAlgorithm` interface and the registry, `keras_compress.algorithms`).
 
 The path of a config through `kc.compress`:
 1. `load_config` validates it (pydantic, JSON-path errors);
-2. the model becomes a Functional graph (`as_functional`), calibration data and scopes are checked
-   against it, and one algorithm object is built per `compression` section (`ALGORITHMS`);
-3. `transform_model` clones the graph: every algorithm's `wrap` swaps layers for wrappers (masking
-   algorithms innermost, quantization outermost) and its `plan` inserts layers on graph edges;
+2. calibration data and scopes are checked against the model, and one algorithm object is built
+   per `compression` section (`keras_compress.algorithms.ALGORITHMS`);
+3. `transform_model` copies the model (graphs, composite layers, subclassed models): every
+   algorithm's `wrap` swaps layers for wrappers (masking algorithms innermost, quantization
+   outermost) and its `plan` inserts layers on graph edges;
 4. the controller runs the initializers on the calibration data (see `CompressionAlgorithm`);
 5. `ctrl.callbacks()` then drive the schedules inside `model.fit`.
 
@@ -23,6 +25,8 @@ import keras
 
 from keras_compress.accuracy_aware import AccuracyAwareCallback
 from keras_compress.algorithm import CompressionAlgorithm
+from keras_compress.algorithms import build_algorithms, compressed_with
+from keras_compress.base_layer import CompressionLayer
 from keras_compress.bn_adaptation import adapt_batchnorm, batchnorm_layers
 from keras_compress.calibration import (
     as_batches,
@@ -35,63 +39,16 @@ from keras_compress.calibration import (
 from keras_compress.callbacks import CompressionScheduleCallback, CompressionStatisticsCallback
 from keras_compress.config import CompressionConfig, load_config
 from keras_compress.export.strip import strip_model
-from keras_compress.graph import as_functional, is_functional_subclass, is_graph_model, iter_layers, layers_by_path
-from keras_compress.pruning import FilterPruningAlgorithm
-from keras_compress.quantization import FakeQuantize, QuantizationAlgorithm
-from keras_compress.selection import check_scopes, resolve_torch_scopes, unmatched_quantizer_scopes
-from keras_compress.sparsity import MagnitudeSparsityAlgorithm, MovementSparsityAlgorithm, RBSparsityAlgorithm
-from keras_compress.statistics import CompressionStatistics
+from keras_compress.graph import as_functional, is_functional_subclass, is_graph_model, iter_layers
 from keras_compress.recording import containers_of
+from keras_compress.selection import check_scopes, resolve_torch_scopes
+from keras_compress.statistics import CompressionStatistics
 from keras_compress.transform import transform_model
 from keras_compress.wrapper import PROGRESS_VARIABLES, WeightsWrapper
 
-__all__ = ["ALGORITHMS", "CompressionController", "build_algorithms", "compress", "compressed_with"]
+__all__ = ["CompressionController", "compress"]
 
 logger = logging.getLogger("keras_compress")
-
-#: Config `algorithm` name -> algorithm class: the only list of algorithms in the package.
-ALGORITHMS: dict[str, type[CompressionAlgorithm]] = {
-    cls.name: cls
-    for cls in (
-        QuantizationAlgorithm,
-        FilterPruningAlgorithm,
-        MagnitudeSparsityAlgorithm,
-        RBSparsityAlgorithm,
-        MovementSparsityAlgorithm,
-    )
-}
-
-
-def build_algorithms(config: CompressionConfig) -> list[CompressionAlgorithm]:
-    """The algorithm objects for the config's `compression` sections.
-
-    Weight-masking algorithms (pruning, sparsity) come first and quantization last, whatever
-    the config order, so quantizers see the masked weights (wrappers nest in that order).
-    """
-    algorithms = []
-    for section in config.compression:
-        cls = ALGORITHMS.get(section.algorithm)
-        if cls is None:
-            raise ValueError(
-                f"The {section.algorithm!r} algorithm is not available in this version of "
-                f"keras_compress. Available: {sorted(ALGORITHMS)}"
-            )
-        algorithms.append(cls(section, config.target_device))
-    return sorted(algorithms, key=lambda a: a.name == "quantization")
-
-
-def compressed_with(model: keras.Model) -> list[str]:
-    """The algorithms whose layers `model` holds (empty for a model that is not compressed).
-
-    Example:
-        ```python
-        compressed_with(keras.saving.load_model("sparse_int8.keras"))
-        # ['magnitude_sparsity', 'quantization']
-        ```
-    """
-    layers = list(iter_layers(model))
-    return [name for name, cls in ALGORITHMS.items() if any(isinstance(layer, cls.layer_types) for layer in layers)]
-
 
 def _bind(model, cfg, dataset):
     """The controller of an already-compressed `model`, for the config it was compressed with."""
@@ -212,21 +169,17 @@ def compress(
         if sample is not None:
             sample = keras.tree.map_structure(lambda x: x[:8], sample)
     compressed = transform_model(original, wrap_fn, algorithms, sample=sample, input_shape=input_shape)
-    quantizer_paths = [p for p, layer in layers_by_path(compressed).items() if isinstance(layer, FakeQuantize)]
-    for path, message in unmatched_quantizer_scopes(compressed, cfg, quantizer_paths):
-        logger.warning("%s: %s", path, message)
     controller = CompressionController(compressed, cfg, algorithms, original_model=original)
-    weight_layers = (WeightsWrapper, *(t for a in algorithms for t in a.weight_layer_types))
-    if algorithms and not any(isinstance(layer, weight_layers) for layer in iter_layers(compressed)):
+    layers = list(iter_layers(compressed))
+    if algorithms and not any(isinstance(layer, WeightsWrapper) for layer in layers):
         skipped = controller.statistics().skipped()
-        quantizers = any(isinstance(layer, FakeQuantize) for layer in iter_layers(compressed))
+        others = any(isinstance(layer, CompressionLayer) for layer in layers)
         logger.warning(
-            "kc.compress found no layer to compress in model %r: no layer has weights that %s can "
-            "compress (Conv*, DepthwiseConv*, SeparableConv*, Conv*Transpose, Dense, EinsumDense; "
-            "Embedding for sparsity). The returned model computes what the original does%s.%s",
+            "kc.compress found no layer to compress in model %r: no layer has weights that %s. The "
+            "returned model computes what the original does%s.%s",
             model.name,
-            " / ".join(a.name for a in algorithms),
-            " (plus activation quantizers)" if quantizers else "",
+            "; ".join(f"{a.name} compresses ({a.compresses})" for a in algorithms),
+            " (plus the activation quantizers it holds)" if others else "",
             f" Left as they are: {skipped}" if skipped else "",
         )
     if dataset is not None:
@@ -463,7 +416,10 @@ class CompressionController:
     def statistics(self, model: keras.Model | None = None) -> CompressionStatistics:
         """Per-algorithm statistics of `model` (default: the compressed model)."""
         model = model or self.model
-        return CompressionStatistics({a.name: a.statistics(model) for a in self.algorithms})
+        return CompressionStatistics(
+            {a.name: a.statistics(model) for a in self.algorithms},
+            progress={a.name: a.progress_figures for a in self.algorithms},
+        )
 
     def strip(self, model: keras.Model | None = None) -> keras.Model:
         """A plain inference copy of `model` (default: the compressed model), ready to export.
@@ -473,13 +429,13 @@ class CompressionController:
         are removed. The trained model is left as it is.
         """
         model = model or self.model
-        compressed = any(isinstance(l, (WeightsWrapper, FakeQuantize)) for l in iter_layers(model))
+        compressed = any(isinstance(layer, CompressionLayer) for layer in iter_layers(model))
         if self.algorithms and not compressed:
             raise ValueError(
                 f"`model` {model.name!r} has no keras_compress layers: pass the model returned "
                 "by `kc.compress` (or a copy of it), not the original model."
             )
-        return strip_model(model, self.algorithms)
+        return strip_model(model)
 
 
 def _read_counter(wrapper, name):

@@ -137,12 +137,6 @@ class AdaptiveSchedule:
     def __call__(self, epoch):
         return self.level
 
-    def get_state(self):
-        return {"level": self.level, "streak": self.streak, "last_epoch": self.last_epoch}
-
-    def set_state(self, state):
-        self.level, self.streak, self.last_epoch = state["level"], state["streak"], state["last_epoch"]
-
 
 class BaselinePruningSchedule:
     """No pruning for `num_init_steps` epochs, then `target` at once (NNCF `baseline`)."""

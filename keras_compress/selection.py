@@ -188,7 +188,7 @@ def check_scopes(model, config):
         raise ConfigError(problems)
 
 
-def unmatched_quantizer_scopes(model, config, quantizer_names):
+def unmatched_quantizer_scopes(model, section, section_path, quantizer_names):
     """`(json path, message)` for every exact scope naming activation quantizers that names none of `model`.
 
     A name that passed `check_scopes` (a layer or an input) may still have no quantizer on its output
@@ -197,7 +197,8 @@ def unmatched_quantizer_scopes(model, config, quantizer_names):
 
     Args:
         model: the compressed model.
-        config: the `CompressionConfig`.
+        section: the config section (of the quantization algorithm).
+        section_path: its JSON path (`("compression",)` or `("compression", index)`).
         quantizer_names: the names of the model's activation quantizers (with "outer/" paths).
     """
     names = set()
@@ -205,14 +206,13 @@ def unmatched_quantizer_scopes(model, config, quantizer_names):
         for name in (path, path.rsplit("/", 1)[-1]):
             names.update((name, name.rsplit("_quantizer", 1)[0]))
     found = []
-    for index, section in enumerate(config.compression):
-        for scope in layer_scopes(section):
-            if scope.group != "quantizers" or "bitwidth_per_scope" in scope.path or scope.scope.startswith("{re}"):
-                continue
-            if scope.scope not in names:
-                found.append((json_path((*_section_path(config, index), *scope.path)),
-                              f"'{scope.scope}' names no activation quantizer of model '{model.name}' "
-                              f"(its quantizers: {', '.join(sorted(quantizer_names)) or 'none'}); it has no effect"))
+    for scope in layer_scopes(section):
+        if scope.group != "quantizers" or "bitwidth_per_scope" in scope.path or scope.scope.startswith("{re}"):
+            continue
+        if scope.scope not in names:
+            found.append((json_path((*section_path, *scope.path)),
+                          f"'{scope.scope}' names no activation quantizer of model '{model.name}' "
+                          f"(its quantizers: {', '.join(sorted(quantizer_names)) or 'none'}); it has no effect"))
     return found
 
 

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import numbers
-import re
 from pathlib import Path
 
-__all__ = ["CompressionStatistics", "format_table", "PLOT_COLUMNS", "PROGRESS_FIGURES"]
+__all__ = ["CompressionStatistics", "format_table", "PLOT_COLUMNS"]
 
 #: Numeric table columns that `CompressionStatistics.plot` draws, one panel per table column.
 PLOT_COLUMNS = ("bits", "sparsity", "kept filters")
 # A numeric column giving the total behind "kept filters" (drawn as a light background bar).
 _TOTAL_COLUMNS = ("total filters", "filters")
-#: Figures that move while a model is compressed: the level a schedule asks for now
-#: (`pruning_level`, `filter_level`, `target_level`) and what the model has reached
-#: (`sparsity_level`, `pruned_filters`, `flops_ratio`). `progress_figures()` keeps these; the
-#: others (quantizer counts, full FLOPs, ...) do not change during training.
-PROGRESS_FIGURES = ("pruning_level", "filter_level", "pruned_filters", "flops_ratio", "target_level", "sparsity_level")
-
-
 def format_table(header, rows):
     """Formats rows as a plain-text table with aligned columns.
 
@@ -63,8 +55,9 @@ class CompressionStatistics:
         ```
     """
 
-    def __init__(self, sections):
+    def __init__(self, sections, progress=None):
         self.sections = sections
+        self.progress = {name: tuple(names) for name, names in (progress or {}).items()}
 
     def figures(self):
         """All numeric figures as `{"algorithm/figure": value}`."""
@@ -75,11 +68,17 @@ class CompressionStatistics:
         }
 
     def progress_figures(self):
-        """The figures that move during training (`PROGRESS_FIGURES`), as `{"algorithm/figure": value}`.
+        """The figures that move during training (each algorithm's `progress_figures`: the level a
+        schedule asks for now and what the model has reached), as `{"algorithm/figure": value}`.
 
         These are what `ctrl.callbacks()` puts into the `logs` of every epoch; `figures()` has all.
         """
-        return {key: value for key, value in self.figures().items() if key.rsplit("/", 1)[-1] in PROGRESS_FIGURES}
+        return {
+            f"{name}/{key}": value
+            for name, section in self.sections.items()
+            for key, value in section.get("figures", {}).items()
+            if key in self.progress.get(name, ())
+        }
 
     def skipped(self):
         """`{layer: reason}` for every layer an algorithm left uncompressed."""
@@ -124,10 +123,10 @@ class CompressionStatistics:
     def plot_panels(self, columns=PLOT_COLUMNS):
         """The per-layer series `plot` draws, without drawing them.
 
-        Every table column whose name is in `columns` becomes one panel. A cell is a number or
-        a `"kept/total"` string (as the filter pruning table writes kept filters); other cells
-        are left out. A row's label joins its text cells left of the first drawn column
-        (`conv1/kernel` for the quantization weights table).
+        Every table column whose name is in `columns` becomes one panel of its numeric cells (other
+        cells are left out); a table with a "filters" column gives each kept-filters bar its total.
+        A row's label joins its text cells left of the first drawn column (`conv1/kernel` for the
+        quantization weights table).
 
         Args:
             columns: column names to draw (case-insensitive; "filters kept" counts as
@@ -146,11 +145,10 @@ class CompressionStatistics:
             for index in plotted:
                 labels, values, totals = [], [], []
                 for row in rows:
-                    value, total = _number_and_total(row[index])
+                    value = _number(row[index])
                     if value is None:
                         continue
-                    if total is None and total_index is not None:
-                        total = _number_and_total(row[total_index])[0]
+                    total = _number(row[total_index]) if total_index is not None else None
                     text = [str(c) for c in row[: plotted[0]] if isinstance(c, str)]
                     labels.append("/".join(text) or str(len(labels)))
                     values.append(value)
@@ -350,12 +348,8 @@ def _column_key(name):
     return "kept filters" if key == "filters kept" else key
 
 
-def _number_and_total(cell):
-    """`(value, total)` of a table cell: a number gives `(x, None)`, `"k/n"` gives `(k, n)`."""
+def _number(cell):
+    """A table cell as a float, or None when it is not a number."""
     if isinstance(cell, numbers.Real) and not isinstance(cell, bool):
-        return float(cell), None
-    if isinstance(cell, str):
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)\s*", cell)
-        if match:
-            return float(match.group(1)), float(match.group(2))
-    return None, None
+        return float(cell)
+    return None

@@ -118,3 +118,54 @@ def test_every_package_init_says_what_it_offers():
         names = [n for n in tree.body if isinstance(n, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == "__all__" for t in n.targets)]  # fmt: skip
         assert names, f"{_relative(init)} has no __all__"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Each algorithm owns what it knows
+
+#: The algorithms' config names, and the files allowed to name them: their own package, the registry,
+#: the config sections (the config package needs no Keras, so it lists them itself) and the CLI/docs text.
+ALGORITHM_NAMES = {
+    "quantization": "quantization", "filter_pruning": "pruning", "magnitude_sparsity": "sparsity",
+    "rb_sparsity": "sparsity", "movement_sparsity": "sparsity",
+}  # fmt: skip
+NAMING_ALLOWED = {PACKAGE / "algorithms.py", PACKAGE / "cli.py", PACKAGE / "demo.py"}
+
+
+def test_no_module_names_an_algorithm_outside_its_package_the_registry_and_the_config():
+    offenders = []
+    for path in MODULES:
+        relative = path.relative_to(PACKAGE).parts
+        if path in NAMING_ALLOWED or relative[0] == "config":
+            continue
+        strings = {node.value for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Constant)}
+        for name, package in ALGORITHM_NAMES.items():
+            if name in strings and relative[0] != package:
+                offenders.append(f"{_relative(path)} names {name!r}")
+    assert not offenders, offenders
+
+
+def test_no_algorithm_package_imports_another_algorithms_layers():
+    packages = set(ALGORITHM_NAMES.values())
+    offenders = []
+    for path in MODULES:
+        relative = path.relative_to(PACKAGE).parts
+        if relative[0] not in packages:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("keras_compress."):
+                imported = node.module.split(".")[1]
+                if imported in packages and imported != relative[0]:
+                    offenders.append(f"{_relative(path)} imports {node.module}")
+    assert not offenders, offenders
+
+
+def test_the_adaptive_algorithms_of_the_config_are_those_whose_level_can_be_set():
+    from keras_compress.algorithm import CompressionAlgorithm
+    from keras_compress.algorithms import ALGORITHMS
+    from keras_compress.config.document import ADAPTIVE_ALGORITHMS
+
+    assert {name for name, cls in ALGORITHMS.items() if cls.adaptive} == set(ADAPTIVE_ALGORITHMS)
+    for cls in ALGORITHMS.values():  # an adaptive algorithm has a level to aim at and to set
+        own = cls.set_level is not CompressionAlgorithm.set_level and cls.target_level is not CompressionAlgorithm.target_level
+        assert own == cls.adaptive, cls.name

@@ -183,6 +183,34 @@ def test_adaptive_compression_level_ends_above_its_start_within_the_bound(digits
     assert level == pytest.approx(max(r["level"] for r in kept), abs=0.002)
 
 
+def test_adaptive_compression_level_drives_movement_sparsity(digits):
+    model, (x, y), (xv, yv) = digits
+    movement = {
+        "algorithm": "movement_sparsity",
+        "params": {"warmup_start_epoch": 0, "warmup_end_epoch": 2, "sparsity_target": 0.6,
+                   "importance_regularization_factor": 0.0},
+    }  # fmt: skip
+    config = {
+        "accuracy_aware_training": {
+            "mode": "adaptive_compression_level",
+            "params": {"maximal_absolute_accuracy_degradation": 0.5, "initial_training_phase_epochs": 1,
+                       "patience_epochs": 1, "maximal_total_epochs": 4, "initial_compression_rate_step": 0.2},
+        },
+        "compression": movement,
+    }  # fmt: skip
+    compressed, ctrl = compiled(model, config)
+    compressed.fit(x, y, epochs=4, batch_size=64, verbose=0, validation_data=(xv, yv),
+                   callbacks=ctrl.callbacks(validation_data=(xv, yv)))  # fmt: skip
+    levels = [r["level"] for r in ctrl.accuracy_aware_history]
+    # A loose bound (50 points): the search climbs by its step from the first level to the target.
+    assert levels[-1] > levels[0] and max(levels) == pytest.approx(0.6), levels
+    sparsity = ctrl.statistics().figures()["movement_sparsity/sparsity_level"]
+    assert sparsity == pytest.approx(ctrl.algorithm("movement_sparsity").level, abs=0.02)
+    with pytest.raises(kc.ConfigError, match=r"compression\.params\.sparsity_target: movement_sparsity under"):
+        params = {key: value for key, value in movement["params"].items() if key != "sparsity_target"}
+        kc.load_config({**config, "compression": {**movement, "params": params}})
+
+
 def test_early_exit_stops_once_within_the_bound(digits):
     model, (x, y), (xv, yv) = digits
     reference = model.evaluate(xv, yv, verbose=0)[1]

@@ -80,8 +80,10 @@ def test_keras_io_transformer_runs_every_matmul_in_int8_and_reloads_in_a_new_pro
     # The blocks keep their classes; their Dense layers and the attention are compressed inside them.
     block = compressed.layers[2]
     assert isinstance(block, cm.TransformerBlock) and isinstance(block, kc.CompressedLayer)
-    assert isinstance(block.att, kc.AttentionQuantizeWrapper)
-    assert wrapped(compressed) == {"transformer_block/ffn/ffn_up", "transformer_block/ffn/ffn_down", "hidden", "logits"}
+    assert isinstance(block.att, keras.layers.MultiHeadAttention) and isinstance(block.att, kc.CompressedLayer)
+    projections = {f"transformer_block/att/_{name}_dense" for name in ("query", "key", "value", "output")}
+    assert wrapped(compressed) == {"transformer_block/ffn/ffn_up", "transformer_block/ffn/ffn_down", "hidden",
+                                   "logits", *projections}  # fmt: skip
     skipped = ctrl.statistics().skipped()
     assert not [k for k in skipped if k in ("transformer_block", "token_and_position_embedding")], skipped
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))  # the user's model is untouched

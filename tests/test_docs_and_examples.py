@@ -120,7 +120,8 @@ def stats_of_three_algorithms():
         {
             "filter_pruning": {
                 "figures": {"pruned_filters": 40},
-                "filters": (["layer", "filters kept", "params full"], [["conv1", "32/32", 288], ["conv2", "24/64", 900]]),
+                "filters": (["layer", "filters kept", "filters", "params full"],
+                            [["conv1", 32, 32, 288], ["conv2", 24, 64, 900]]),
                 "skipped": {"conv1": "first convolution"},
             },
             "magnitude_sparsity": {

@@ -201,11 +201,11 @@ def test_subclassed_transformer_is_quantized_with_its_attention_and_runs_int8(tm
     model(ids)
     compressed, ctrl = kc.compress(model, quantization_config(), dataset=ids)
     wrapped = [layer for layer in iter_layers(compressed) if isinstance(layer, kc.QuantizeWrapper)]
-    assert len(wrapped) == 5  # two MLP Dense layers per block (held in a dict) and the classifier
-    attention = [layer for layer in iter_layers(compressed) if isinstance(layer, kc.AttentionQuantizeWrapper)]
-    assert len(attention) == 2
-    # The attention quantizes its own inputs: no InputQuantizeWrapper around it.
-    assert all(isinstance(compressed.encoder[i].attention, kc.AttentionQuantizeWrapper) for i in range(2))
+    # Per block: two MLP Dense layers (held in a dict) and the attention's four projections; the classifier.
+    assert len(wrapped) == 2 * (2 + 4) + 1
+    # The attention is a composite layer of its compressed class, its matmul inputs quantized.
+    assert all(isinstance(compressed.encoder[i].attention, kc.CompressedLayer) for i in range(2))
+    assert all(len(vars(compressed.encoder[i].attention)["_compression_operations"]) == 4 for i in range(2))
     skipped = ctrl.statistics().skipped()
     assert sum(reason.endswith("embedding weights are not quantized") for reason in skipped.values()) == 2
     assert len(skipped) == 2

@@ -42,7 +42,8 @@ ALGORITHM_NAMES = tuple(typing.get_args(cls.model_fields["algorithm"].annotation
 SPARSITY_NAMES = ("magnitude_sparsity", "rb_sparsity", "movement_sparsity")
 #: NNCF algorithms that exist for PyTorch only: accepted, kept in `ignored_algorithms`, warned about.
 IGNORED_ALGORITHMS = ("knowledge_distillation", "const_sparsity")
-#: Algorithms whose compression level `adaptive_compression_level` training can adjust.
+#: Algorithms whose compression level `adaptive_compression_level` training can adjust (the algorithms
+#: whose class says `adaptive = True`: tests/test_architecture.py ties the two).
 ADAPTIVE_ALGORITHMS = ("filter_pruning", *SPARSITY_NAMES)
 #: NNCF keys documented for PyTorch only, per algorithm ("" = top level, "*" = every algorithm); a dotted
 #: key is nested. They are stored, and each one set in a config gets a ConfigWarning.
@@ -239,6 +240,12 @@ class CompressionConfig(Section):
                 problems.append((("accuracy_aware_training", "mode"),
                                  "'adaptive_compression_level' needs exactly one filter_pruning or sparsity "
                                  f"algorithm in `compression` (received: {received})"))
+            for index, section in enumerate(self.compression):
+                if section.algorithm == "movement_sparsity" and section.params.sparsity_target is None:
+                    path = ("compression",) if len(self.compression) == 1 else ("compression", index)
+                    problems.append(((*path, "params", "sparsity_target"),
+                                     "movement_sparsity under 'adaptive_compression_level' needs a sparsity_target "
+                                     "(the level the search may go up to); NNCF's threshold mode has no level to set"))
         fail(problems)
         return self
 

@@ -48,9 +48,12 @@ class FilterPruningAlgorithm(CompressionAlgorithm):
     name = "filter_pruning"
     needs_graph = True
     layer_types = (FilterPruningWrapper,)
+    adaptive = True
+    progress_figures = ("pruning_level", "filter_level", "pruned_filters", "flops_ratio")
+    compresses = "convolution filters (Conv1D/2D/3D, their channels in the layers that read them)"
 
-    def __init__(self, config, target_device="ANY"):
-        super().__init__(config, target_device)
+    def __init__(self, config, target_device="ANY", config_path=("compression",)):
+        super().__init__(config, target_device, config_path)
         params = config.params
         self.flops_mode = params.pruning_flops_target is not None
         target = params.pruning_flops_target if self.flops_mode else params.pruning_target
@@ -222,20 +225,9 @@ class FilterPruningAlgorithm(CompressionAlgorithm):
         self.scheduled = False
         self.set_pruning_level(model, level)
 
-    def get_state(self):
-        """The schedule state (the masks themselves are variables saved with the model)."""
-        return {
-            "level": self.level,
-            "filter_level": self.filter_level,
-            "epoch": self.epoch,
-            "scheduled": self.scheduled,
-        }
-
-    def set_state(self, state):
-        self.level = state.get("level")
-        self.filter_level = state.get("filter_level")
-        self.epoch = state.get("epoch")
-        self.scheduled = state.get("scheduled", True)
+    def target_level(self):
+        """The pruning target (a FLOPs share with `pruning_flops_target`)."""
+        return float(self.schedule.target)
 
     # ----------------------------------------------------------------- statistics and export
     def statistics(self, model):
@@ -253,7 +245,7 @@ class FilterPruningAlgorithm(CompressionAlgorithm):
                 if group.prunable:
                     total, pruned = total + group.channels, pruned + group.channels - k
                 (f0, p0), (f1, p1) = full[use.name], now[use.name]
-                rows.append([use.name, f"{k}/{group.channels}", p0, p1, f0, f1])
+                rows.append([use.name, k, group.channels, p0, p1, f0, f1])
         figures = {
             "pruning_level": float(self.level or 0.0),
             "pruned_filters": pruned,
@@ -267,7 +259,7 @@ class FilterPruningAlgorithm(CompressionAlgorithm):
         }
         if self.flops_mode:
             figures["filter_level"] = float(self.filter_level or 0.0)
-        header = ["layer", "filters kept", "params full", "params now", "FLOPs full", "FLOPs now"]
+        header = ["layer", "filters kept", "filters", "params full", "params now", "FLOPs full", "FLOPs now"]
         skipped = {**self.container_skipped, **analysis.skipped}
         for use in analysis.uses:
             spec = compressible_spec(use.base)
@@ -283,7 +275,8 @@ class FilterPruningAlgorithm(CompressionAlgorithm):
                 skipped.setdefault(use.name, reason)
         return {"figures": figures, "filters": (header, rows), "skipped": skipped}
 
-    def strip(self, model):
+    @classmethod
+    def export_model(cls, model):
         """Removes the pruned filters from a stripped model (see `remove_pruned_filters`)."""
         return remove_pruned_filters(model)
 

@@ -25,7 +25,7 @@ from keras_compress.quantization.precision import (
 from keras_compress.quantization.quantize_wrapper import QuantizeWrapper
 from keras_compress.quantization.quantizers import QuantizerSpec
 from keras_compress.quantization.range_init import RangeCollector
-from keras_compress.selection import LayerSelection, in_scope, matches_scope
+from keras_compress.selection import LayerSelection, in_scope, matches_scope, unmatched_quantizer_scopes
 
 __all__ = ["QuantizationAlgorithm"]
 
@@ -47,9 +47,11 @@ class QuantizationAlgorithm(CompressionAlgorithm):
 
     name = "quantization"
     layer_types = (QuantizeWrapper, FakeQuantize)
+    wraps_outermost = True
+    compresses = "weights of Conv*, DepthwiseConv*, SeparableConv*, Conv*Transpose, Dense, EinsumDense"
 
-    def __init__(self, config, target_device="ANY"):
-        super().__init__(config, target_device)
+    def __init__(self, config, target_device="ANY", config_path=("compression",)):
+        super().__init__(config, target_device, config_path)
         self.selection = LayerSelection(
             WEIGHT_KINDS, lambda names: self._in_scope(names, config.weights), "{kind} weights are not quantized"
         )
@@ -109,7 +111,10 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         return None
 
     def on_compress(self, model):
-        """Warns about `bitwidth_per_scope` entries that set the bits of no quantizer."""
+        """Warns about activation scopes and `bitwidth_per_scope` entries that name no quantizer."""
+        paths = [p for p, layer in layers_by_path(model).items() if isinstance(layer, FakeQuantize)]
+        for path, message in unmatched_quantizer_scopes(model, self.config, self.config_path, paths):
+            logger.warning("%s: %s", path, message)
         if self.precision is None or self.precision.type != "manual":
             return
         unused = [f"[{bits}, {scope!r}]" for index, (bits, scope) in enumerate(self.precision.bitwidth_per_scope)
@@ -366,7 +371,8 @@ class QuantizationAlgorithm(CompressionAlgorithm):
                     layer.spec.bits,
                     layer.spec.mode,
                     "asymmetric" if signed is None else ("signed" if signed else "unsigned"),
-                    f"[{low:.4g}, {high:.4g}]",
+                    low,
+                    high,
                 ]
             )
         per_channel = sum(1 for r in weight_rows if r[4] == "per-channel")
@@ -398,7 +404,7 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         return {
             "figures": figures,
             "weights": (["layer", "weight", "bits", "mode", "granularity", "range"], weight_rows),
-            "activations": (["quantizer", "bits", "mode", "sign", "range"], activation_rows),
+            "activations": (["quantizer", "bits", "mode", "sign", "low", "high"], activation_rows),
             "mixed precision": (["weight", "parameters", "sensitivity", "bits"], self.precision_rows),
             "skipped": skipped,
         }

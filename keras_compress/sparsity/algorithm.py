@@ -25,13 +25,16 @@ class _SparsityAlgorithm(CompressionAlgorithm):
 
     name = ""
     wrapper_class = None
+    adaptive = True
+    progress_figures = ("target_level", "sparsity_level")
+    compresses = "weights of Conv*, DepthwiseConv*, SeparableConv*, Conv*Transpose, Dense, EinsumDense, Embedding"
     kinds = (
         "conv", "depthwise", "separable", "conv_transpose", "dense", "einsum_dense", "embedding",
         "reversible_embedding", "custom",
     )  # fmt: skip
 
-    def __init__(self, config, target_device="ANY"):
-        super().__init__(config, target_device)
+    def __init__(self, config, target_device="ANY", config_path=("compression",)):
+        super().__init__(config, target_device, config_path)
         self.selection = LayerSelection(
             self.kinds,
             lambda names: in_scope(names, config.target_scopes, config.ignored_scopes),
@@ -81,12 +84,6 @@ class _SparsityAlgorithm(CompressionAlgorithm):
     def update(self, model):
         """Applies the schedule at `self.epoch`."""
 
-    def get_state(self):
-        return {"level": self.level, "epoch": self.epoch}
-
-    def set_state(self, state):
-        self.level, self.epoch = state["level"], state["epoch"]
-
     # ----------------------------------------------------------------- statistics
     def statistics(self, model):
         """Sparsity of the weights that survive export (pruned filters, removed at export, are not
@@ -122,8 +119,8 @@ class _ScheduledSparsity(_SparsityAlgorithm):
     Subclasses define `apply_level(model, level)`: what reaching a level means for them.
     """
 
-    def __init__(self, config, target_device="ANY"):
-        super().__init__(config, target_device)
+    def __init__(self, config, target_device="ANY", config_path=("compression",)):
+        super().__init__(config, target_device, config_path)
         self.schedule = sparsity_schedule(config.params, config.sparsity_init)
         self.per_step = config.params.update_per_optimizer_step
         self.level = self.schedule(0)
@@ -142,6 +139,10 @@ class _ScheduledSparsity(_SparsityAlgorithm):
         self.level = level
         self.apply_level(model, level)
 
+    def target_level(self):
+        """The schedule's final sparsity level."""
+        return float(self.schedule.target)
+
     def restore(self, model, epoch):
         """Continues from the level the model's masks (or loss targets) were last set for."""
         self.epoch = float(epoch)
@@ -152,16 +153,6 @@ class _ScheduledSparsity(_SparsityAlgorithm):
                 self.schedule.level = applied
                 self.schedule.last_epoch = int(epoch)
 
-    def get_state(self):
-        state = super().get_state()
-        if isinstance(self.schedule, AdaptiveSchedule):
-            state["adaptive"] = self.schedule.get_state()
-        return state
-
-    def set_state(self, state):
-        super().set_state(state)
-        if "adaptive" in state:
-            self.schedule.set_state(state["adaptive"])
 
 
 class MagnitudeSparsityAlgorithm(_ScheduledSparsity):
@@ -273,8 +264,8 @@ class MovementSparsityAlgorithm(_SparsityAlgorithm):
     kinds = ("dense", "einsum_dense")
     per_step = True
 
-    def __init__(self, config, target_device="ANY"):
-        super().__init__(config, target_device)
+    def __init__(self, config, target_device="ANY", config_path=("compression",)):
+        super().__init__(config, target_device, config_path)
         self.init_threshold = config.params.init_importance_threshold
 
     def make_wrapper(self, original, layer, path):
@@ -306,13 +297,7 @@ class MovementSparsityAlgorithm(_SparsityAlgorithm):
             wrapper.regularization.assign(p.importance_regularization_factor * progress)
         if p.sparsity_target is not None:
             self.level = p.sparsity_target * weight
-            for wrapper in wrappers:
-                scores = np.concatenate(
-                    [ops.convert_to_numpy(wrapper.scores[a]).ravel() for a in wrapper.weight_names]
-                )
-                k = int(round(self.level * scores.size))
-                threshold = np.partition(scores, k - 1)[k - 1] if k > 0 else -1e9
-                wrapper.threshold.assign(float(threshold))
+            self._mask_share(wrappers, self.level)
             return
         if self.init_threshold is None:
             lowest = [float(np.min(ops.convert_to_numpy(s))) for w in wrappers for s in w.scores.values()]
@@ -323,6 +308,33 @@ class MovementSparsityAlgorithm(_SparsityAlgorithm):
         for wrapper in wrappers:
             wrapper.threshold.assign(threshold)
         self.level = self.statistics(model)["figures"]["sparsity_level"]
+
+    def _mask_share(self, wrappers, level):
+        """Sets each layer's threshold so that `level` of its scores (its weights or blocks) are masked."""
+        for wrapper in wrappers:
+            scores = np.concatenate([ops.convert_to_numpy(wrapper.scores[a]).ravel() for a in wrapper.weight_names])
+            k = int(round(level * scores.size))
+            threshold = np.partition(scores, k - 1)[k - 1] if k > 0 else -1e9
+            wrapper.threshold.assign(float(threshold))
+
+    def target_level(self):
+        """`params.sparsity_target` (None in NNCF's threshold mode, which has no level to aim at)."""
+        target = self.config.params.sparsity_target
+        return None if target is None else float(target)
+
+    def set_level(self, model, level):
+        """Masks `level` of every layer's weights (their lowest scores), overriding the schedule
+        (accuracy-aware training, with `params.sparsity_target`: the config refuses it without).
+        The scores keep learning: the masks follow them at the same level every optimizer step."""
+        self.scheduled = False
+        self.level = float(level)
+        self._mask_share(self.wrappers(model), self.level)
+
+    def on_train_batch_begin(self, model, step):
+        if self.scheduled:
+            super().on_train_batch_begin(model, step)
+        elif self.level:
+            self._mask_share(self.wrappers(model), self.level)
 
     def restore(self, model, epoch):
         """Takes the warm-up's initial threshold from the model once warm-up has started."""
@@ -335,9 +347,3 @@ class MovementSparsityAlgorithm(_SparsityAlgorithm):
             self.init_threshold = float(ops.convert_to_numpy(wrappers[0].init_threshold))
         self.level = self.statistics(model)["figures"]["sparsity_level"]
 
-    def get_state(self):
-        return {**super().get_state(), "init_threshold": self.init_threshold}
-
-    def set_state(self, state):
-        super().set_state(state)
-        self.init_threshold = state.get("init_threshold")
