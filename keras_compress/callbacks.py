@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import keras
 
+from keras_compress import backend
+
 __all__ = ["CompressionScheduleCallback", "CompressionStatisticsCallback"]
 
 
@@ -78,14 +80,9 @@ class CompressionStatisticsCallback(keras.callbacks.Callback):
             for key, value in statistics.progress_figures().items():
                 logs[f"compression/{key}"] = float(value)
         if self.log_dir:
-            import tensorflow as tf
-
             if self._writer is None:
-                self._writer = tf.summary.create_file_writer(str(self.log_dir))
-            with self._writer.as_default():
-                for key, value in statistics.figures().items():
-                    tf.summary.scalar(f"compression/{key}", float(value), step=epoch)
-            self._writer.flush()
+                self._writer = backend.scalar_writer(self.log_dir)
+            self._writer.write({f"compression/{key}": value for key, value in statistics.figures().items()}, epoch)
 
     def on_train_end(self, logs=None):
         if self._writer is not None:

@@ -25,8 +25,8 @@ import logging
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_compress import backend
 from keras_compress.graph import (
     ModelGraph,
     Node,
@@ -326,7 +326,7 @@ class _Recorder:
         outputs = self.layer(*args, **kwargs)
         # Keras also traces a user's layer that has no build() in a graph, to build it: only the
         # eager forward pass is recorded.
-        if tf.executing_eagerly():
+        if backend.executing_eagerly(outputs):
             self.record(self, args, kwargs, outputs)
         return outputs
 

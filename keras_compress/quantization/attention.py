@@ -25,9 +25,9 @@ import math
 import string
 
 import keras
-import tensorflow as tf
 from keras import ops
 
+from keras_compress import backend
 from keras_compress.compressible import attention_reason, call_with_weights, weight_channel_axes
 from keras_compress.quantization.fake_quantize import FakeQuantize
 from keras_compress.quantization.quantizers import Quantizer, QuantizerSpec
@@ -199,10 +199,9 @@ class AttentionQuantizeWrapper(keras.layers.Wrapper):
         self.built = True
         if self.frozen_ranges is not None:
             return
-        # Layers with no build() of their own around this one build it by tracing its call in a
-        # graph; the weight ranges are set from the weights' values outside of it.
-        with tf.init_scope():
-            self.initialize_ranges_from_weights()
+        # Layers with no build() of their own around this one build it by tracing its call; the
+        # weight ranges are set from the weights' values outside of it (see `QuantizeWrapper`).
+        backend.run_outside_trace(self.initialize_ranges_from_weights, self.quantized_weights().values())
 
     def _quantize(self, name, x):
         fq = self.activation_quantizers.get(name)
