@@ -7,6 +7,7 @@ from pathlib import Path
 
 from keras_compress.export.atomic import check_folder_target, replace_together, staging_folder
 from keras_compress.export.openvino import check_ir_target, convert_saved_model
+from keras_compress.export.saved_model import write_saved_model
 from keras_compress.export.strip import strip_model
 
 __all__ = ["export"]
@@ -15,18 +16,6 @@ FORMATS = ("openvino", "saved_model")
 #: What `model.export(format="tf_saved_model")` writes in a SavedModel folder: a folder holding
 #: only these is a previous SavedModel, which an export to the same path replaces.
 SAVED_MODEL_ENTRIES = ("assets", "fingerprint.pb", "saved_model.pb", "variables")
-
-
-def _save_saved_model(model, directory):
-    # A model without symbolic inputs (a subclassed one) tells its inputs through `input_signature`.
-    signature = getattr(model, "input_signature", None)
-    options = {} if signature is None else {"input_signature": signature}
-    try:
-        model.export(str(directory), format="tf_saved_model", verbose=False, **options)
-    except Exception as err:  # noqa: BLE001 - tracing can raise anything
-        raise RuntimeError(
-            f"Could not trace model {model.name!r} into a SavedModel: {err}"
-        ) from err
 
 
 def export(model, path, format="openvino", compress_to_fp16=False):
@@ -48,6 +37,10 @@ def export(model, path, format="openvino", compress_to_fp16=False):
     a killed export left behind is removed by the next export to the same folder. The
     SavedModel -> IR conversion runs in a separate process (see `convert_saved_model`).
 
+    Any Keras backend: on JAX or PyTorch the stripped model is written as a SavedModel by a helper
+    process on the TensorFlow backend (`write_saved_model`), so the IR is the one a model trained
+    on TensorFlow gives. Its custom classes must then be defined in importable modules.
+
     Args:
         model: a `keras.Model` (compressed by `kc.compress`, or plain).
         path: for "openvino", `out/model` or `out/model.xml` (writes `.xml` and `.bin`);
@@ -64,6 +57,7 @@ def export(model, path, format="openvino", compress_to_fp16=False):
         IsADirectoryError, NotADirectoryError, FileExistsError: for a target that exists as the
             wrong kind of thing (see above), before any work.
         OSError: when the target's folder cannot be created or written.
+        ValueError: on JAX or PyTorch, for a model with a class defined in `__main__`.
         RuntimeError: when tracing or the conversion fails (also when OpenVINO's converter crashes).
 
     Example:
@@ -92,7 +86,7 @@ def export(model, path, format="openvino", compress_to_fp16=False):
     stripped = strip_model(model)
     with staging_folder(parent) as tmp:
         saved = tmp / "saved_model"
-        _save_saved_model(stripped, saved)
+        write_saved_model(stripped, saved, staging=tmp)
         if format == "openvino":
             return convert_saved_model(
                 saved, target, compress_to_fp16=compress_to_fp16, source=f"model {model.name!r}"
