@@ -41,6 +41,7 @@ __all__ = [
     "INFINITE_CARDINALITY",
     "backend_name",
     "executing_eagerly",
+    "fit_detaches_variables",
     "gradients",
     "hessian_vector_product",
     "init_scope",
@@ -162,6 +163,16 @@ def run_outside_trace(fn: Callable[[], Any], variables: Sequence[keras.Variable]
             return False
         fn()
         return True
+
+
+def fit_detaches_variables() -> bool:
+    """Whether `model.fit` holds the variables' values in its own state during an epoch (JAX).
+
+    Keras' JAX trainer passes the variables through its jitted train step as a state and writes them
+    back at the end of each epoch, or when a callback reads `callback.model` (`model.jax_state_sync()`):
+    a callback that assigns variables at every step forces that copy at every step.
+    """
+    return backend_name() == "jax"
 
 
 # ----------------------------------------------------------------------------- derivatives
