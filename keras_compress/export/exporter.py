@@ -18,6 +18,12 @@ FORMATS = ("openvino", "saved_model")
 SAVED_MODEL_ENTRIES = ("assets", "fingerprint.pb", "saved_model.pb", "variables")
 
 
+def _save_saved_model(model, directory):
+    """The stripped model as a SavedModel in `directory` (on JAX/PyTorch through the TensorFlow helper
+    process, its temporary `.keras` file next to `directory`, in the staging folder)."""
+    write_saved_model(model, directory)
+
+
 def export(model, path, format="openvino", compress_to_fp16=False):
     """Exports a (compressed) Keras model.
 
@@ -86,7 +92,7 @@ def export(model, path, format="openvino", compress_to_fp16=False):
     stripped = strip_model(model)
     with staging_folder(parent) as tmp:
         saved = tmp / "saved_model"
-        write_saved_model(stripped, saved, staging=tmp)
+        _save_saved_model(stripped, saved)
         if format == "openvino":
             return convert_saved_model(
                 saved, target, compress_to_fp16=compress_to_fp16, source=f"model {model.name!r}"
