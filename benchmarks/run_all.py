@@ -15,6 +15,8 @@ the next; `--sections` reruns those and keeps the page's other sections as they 
   sparsity      sparsity levels reached by magnitude, RB and movement sparsity on digits
   memory        time and peak RSS of kc.compress (range init + BN adaptation) on ResNet50
   subclassed    a subclassed model vs the same Functional model (benchmarks/subclassed.py)
+  backends      TensorFlow, JAX and PyTorch: train step FP32/QAT, compress and export time, INT8 IR
+                accuracy, DataParallel on two JAX host devices (benchmarks/backends.py)
 Needs the `bench` and `demo` extras.
 """
 
@@ -38,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from report import ROOT, git_commit, machine_markdown, md_table  # noqa: E402
 
-SECTIONS = ("tfmot", "int8", "transformers", "coverage", "pruning", "sparsity", "memory", "subclassed")
+SECTIONS = ("tfmot", "int8", "transformers", "coverage", "pruning", "sparsity", "memory", "subclassed", "backends")
 APPLICATIONS = ("ResNet50", "MobileNetV2", "EfficientNetB0")
 
 
@@ -262,9 +264,11 @@ TITLES = {
     "sparsity": "Sparsity levels reached",
     "memory": "Time and memory of kc.compress on ResNet50",
     "subclassed": "Subclassed models vs the same Functional model",
+    "backends": "Keras backends: TensorFlow, JAX, PyTorch",
 }
 #: Sections that are the output of a benchmark script: section -> script name.
-SCRIPTS = {"pruning": "pruning_speed", "transformers": "transformers", "coverage": "coverage", "subclassed": "subclassed"}
+SCRIPTS = {"pruning": "pruning_speed", "transformers": "transformers", "coverage": "coverage", "subclassed": "subclassed",
+           "backends": "backends"}
 FUNCTIONS = {
     "tfmot": section_tfmot,
     "int8": section_int8,

@@ -13,8 +13,8 @@ import itertools
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_compress import backend
 from keras_compress.graph import iter_layers
 
 __all__ = [
@@ -59,13 +59,13 @@ def iterate_batches(dataset, batch_size=32):
     def to_numpy(x):
         return keras.tree.map_structure(lambda t: np.asarray(t), x)
 
-    if isinstance(dataset, tf.data.Dataset):
+    if backend.is_tf_dataset(dataset):
         for element in dataset.as_numpy_iterator():
             yield _first(element)
         return
     leaves = keras.tree.flatten(dataset) if isinstance(dataset, (tuple, list, dict)) else []
-    arrays = bool(leaves) and all(isinstance(a, (np.ndarray, tf.Tensor)) for a in leaves)
-    if isinstance(dataset, (np.ndarray, tf.Tensor)) or arrays:
+    arrays = bool(leaves) and all(_is_array(a) for a in leaves)
+    if _is_array(dataset) or arrays:
         x = to_numpy(_first(dataset) if isinstance(dataset, tuple) else dataset)
         n = _num_samples(x)
         for start in range(0, n, batch_size):
@@ -87,7 +87,7 @@ def iterate_batches(dataset, batch_size=32):
 
 
 def _is_array(a):
-    return isinstance(a, (np.ndarray, tf.Tensor))
+    return isinstance(a, np.ndarray) or backend.is_tensor(a)
 
 
 def as_batches(model, dataset):
@@ -195,16 +195,16 @@ def check_calibration_data(model, dataset):
         ValueError: naming the input, the expected shape and what was received.
     """
     specs = _input_specs(model)
-    if isinstance(dataset, tf.data.Dataset):
-        if int(dataset.cardinality()) == 0:
+    if backend.is_tf_dataset(dataset):
+        if backend.tf_dataset_cardinality(dataset) == 0:
             raise ValueError("Calibration data must not be empty. Received: a tf.data.Dataset with no elements.")
         for spec, part in _match_inputs(specs, _first(dataset.element_spec)):
-            if isinstance(part, tf.TensorSpec):
+            if backend.is_tf_tensor_spec(part):
                 _check_part(spec, tuple(part.shape), part.dtype, " (tf.data element_spec)")
         return
     leaves = keras.tree.flatten(dataset) if isinstance(dataset, (tuple, list, dict)) else []
-    arrays = bool(leaves) and all(isinstance(a, (np.ndarray, tf.Tensor)) for a in leaves)
-    if isinstance(dataset, (np.ndarray, tf.Tensor)) or arrays:
+    arrays = bool(leaves) and all(_is_array(a) for a in leaves)
+    if _is_array(dataset) or arrays:
         x = _first(dataset) if isinstance(dataset, tuple) else dataset
         if any(len(a.shape) == 0 or a.shape[0] == 0 for a in keras.tree.flatten(x)):
             raise ValueError(
@@ -323,7 +323,8 @@ def check_sample_budget(dataset, num_samples, keys):
     Raises:
         ValueError: above the limit.
     """
-    if not isinstance(dataset, tf.data.Dataset) or int(dataset.cardinality()) != int(tf.data.INFINITE_CARDINALITY):
+    infinite = backend.is_tf_dataset(dataset) and backend.tf_dataset_cardinality(dataset) == backend.INFINITE_CARDINALITY
+    if not infinite:
         return None
     if num_samples > INFINITE_DATA_LIMIT:
         raise ValueError(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import keras
 
+from keras_compress import backend
+
 __all__ = ["CompressionScheduleCallback", "CompressionStatisticsCallback"]
 
 
@@ -21,21 +23,45 @@ class CompressionScheduleCallback(keras.callbacks.Callback):
     def __init__(self, controller):
         super().__init__()
         self.controller = controller
+        self._deferred = False
+        self._epoch_start_step = self._last_batch = None
 
     def on_train_begin(self, logs=None):
         self.controller.on_train_begin(self.params.get("steps") if self.params else None)
+        # On JAX, `fit` keeps the variables in its own state during an epoch: a callback that reads
+        # or assigns them must first copy that state back (Keras does it when a callback reads
+        # `self.model`), which cost 20-50% of a digits CNN's train step. With no schedule that moves
+        # per step, the step counter is brought up to date once per epoch instead.
+        per_step = any(getattr(algorithm, "per_step", False) for algorithm in self.controller.algorithms)
+        self._deferred = backend.fit_detaches_variables() and not per_step
 
     def on_train_end(self, logs=None):
+        self._catch_up()
         self.controller.on_train_end(self._optimizer_step())
 
     def on_epoch_begin(self, epoch, logs=None):
         self.controller.on_epoch_begin(epoch)
+        self._epoch_start_step, self._last_batch = self.controller.progress()["steps"], None
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._catch_up()
 
     def on_train_batch_begin(self, batch, logs=None):
+        if self._deferred:
+            return
         # The optimizer's step is a lower bound (it runs ahead of this callback with
         # `steps_per_execution`); a new optimizer restarts it at 0, and the controller's own step
         # counter wins. convert_to_numpy, not int(): under tf.distribute it is a MirroredVariable.
         self.controller.on_train_batch_begin(self._optimizer_step())
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._last_batch = batch  # the epoch's last step so far (with `steps_per_execution`, the batch's last)
+
+    def _catch_up(self):
+        """In deferred mode, moves the controller's step counter past the steps of this epoch."""
+        if self._deferred and self._last_batch is not None:
+            self.controller.on_train_batch_begin(self._epoch_start_step + self._last_batch)
+            self._last_batch = None
 
     def _optimizer_step(self):
         optimizer = getattr(self.model, "optimizer", None)
@@ -78,14 +104,9 @@ class CompressionStatisticsCallback(keras.callbacks.Callback):
             for key, value in statistics.progress_figures().items():
                 logs[f"compression/{key}"] = float(value)
         if self.log_dir:
-            import tensorflow as tf
-
             if self._writer is None:
-                self._writer = tf.summary.create_file_writer(str(self.log_dir))
-            with self._writer.as_default():
-                for key, value in statistics.figures().items():
-                    tf.summary.scalar(f"compression/{key}", float(value), step=epoch)
-            self._writer.flush()
+                self._writer = backend.scalar_writer(self.log_dir)
+            self._writer.write({f"compression/{key}": value for key, value in statistics.figures().items()}, epoch)
 
     def on_train_end(self, logs=None):
         if self._writer is not None:

@@ -1,11 +1,11 @@
-"""The `keras-compress` command: demo, convert, validate, schema, configs, benchmark.
+"""The `keras-compress` command: demo, export, convert, validate, schema, configs, benchmark.
 
 Fast and quiet by design:
 - the console script starts in `keras_compress_launcher`, which imports this module with the
   package's light import (see `keras_compress/__init__.py`), so `--help`, `--version`, `schema`,
   `configs` and `validate` answer without loading TensorFlow or Keras, and `benchmark` loads only
   OpenVINO;
-- the commands that need TensorFlow (`demo`, `convert`) import it here, on demand, through
+- the commands that need TensorFlow (`demo`, `export`, `convert`) import it here, on demand, through
   `_import_tensorflow`: after `TF_CPP_MIN_LOG_LEVEL` is set, with the native log lines that
   TensorFlow writes to the stderr file descriptor while it starts filtered out, and with absl's
   Python logging set to errors only;
@@ -157,8 +157,54 @@ def _cmd_validate(args):
     return 0
 
 
+def _import_keras_compress(modules=()):
+    """Imports Keras on the TensorFlow backend (unless Keras is already imported), every module of the
+    package that registers serializable classes, and the user's `modules` (their custom classes)."""
+    import importlib
+
+    if "keras" not in sys.modules:
+        # A .keras file is backend-independent: exporting it on TensorFlow needs no helper process.
+        os.environ["KERAS_BACKEND"] = "tensorflow"
+    _import_tensorflow()
+    import keras_compress
+
+    for module in sorted(set(keras_compress._PUBLIC.values())):
+        importlib.import_module(module)
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise CommandError(f"--import must name an importable module. Received: {module!r} ({err})") from None
+
+
+def _cmd_export(args):
+    source = Path(args.model)
+    if source.suffix != ".keras" or not source.is_file():
+        raise CommandError(f"MODEL must be a saved Keras model (a .keras file). Received: {str(source)!r}"
+                           f"{'' if source.exists() else ' (nothing there)'}")  # fmt: skip
+    _import_keras_compress(args.imports)
+    import keras
+
+    from keras_compress.export import export
+
+    try:
+        model = keras.saving.load_model(source, compile=False)
+    except Exception as err:  # noqa: BLE001 - loading runs the model's own from_config
+        raise CommandError(f"Could not load {str(source)!r}: {_one_line(err)} (a custom class needs "
+                           "--import MODULE)") from None  # fmt: skip
+    try:
+        path = export(model, args.output, format=args.format, compress_to_fp16=args.fp16)
+    except (ValueError, RuntimeError) as err:
+        raise CommandError(f"Could not export {str(source)!r}: {_one_line(err.__cause__ or err)}") from None
+    print(path)
+    return 0
+
+
 def _cmd_convert(args):
     source = Path(args.saved_model)
+    if source.suffix == ".keras" and source.is_file():
+        return _cmd_export(argparse.Namespace(model=source, output=args.output, format="openvino",
+                                              fp16=args.fp16, imports=[]))  # fmt: skip
     if not (source / "saved_model.pb").is_file():
         raise CommandError(f"SAVED_MODEL must be a TensorFlow SavedModel directory (with saved_model.pb). "
                            f"Received: {str(source)!r}")  # fmt: skip
@@ -257,8 +303,19 @@ def build_parser():
                    help="show Keras' progress bars (training, calibration); without it only the table is printed")
     p.set_defaults(func=_cmd_demo)
 
-    p = command("convert", "convert a TensorFlow SavedModel to an OpenVINO IR (.xml + .bin)")
-    p.add_argument("saved_model", metavar="SAVED_MODEL", help="the SavedModel directory")
+    p = command("export", "export a saved Keras model (.keras, trained on any backend) to an OpenVINO IR")
+    p.add_argument("model", metavar="MODEL.keras", help="the saved model (compressed by keras_compress, or plain)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.xml",
+                   help="the .xml to write (.bin next to it), or the SavedModel folder with --format saved_model")
+    p.add_argument("--format", choices=["openvino", "saved_model"], default="openvino",
+                   help="what to write (default: %(default)s)")
+    p.add_argument("--fp16", action="store_true", help="store float weights as fp16 (half the size)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="a module to import before loading (one that defines the model's custom classes); repeatable")
+    p.set_defaults(func=_cmd_export)
+
+    p = command("convert", "convert a TensorFlow SavedModel (or a .keras file, as export does) to an OpenVINO IR")
+    p.add_argument("saved_model", metavar="SAVED_MODEL", help="the SavedModel directory, or a .keras file")
     p.add_argument("-o", "--output", required=True, metavar="OUT.xml", help="the .xml to write (.bin next to it)")
     p.add_argument("--fp16", action="store_true", help="store float weights as fp16 (half the size)")
     p.set_defaults(func=_cmd_convert)

@@ -21,6 +21,7 @@ import types
 
 import keras
 
+from keras_compress import backend
 from keras_compress.graph import (
     ModelGraph,
     Node,
@@ -76,22 +77,6 @@ def containers_of(model):
 
     walk(model)
     return found
-
-
-def _is_concrete(tensor):
-    """Whether a tensor holds values: not symbolic, not traced (Keras traces a layer without `build()`
-    to build it, a `tf.function` or `jax.jit` traces its body)."""
-    if isinstance(tensor, keras.KerasTensor):
-        return False
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return tf.executing_eagerly()
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return not isinstance(tensor, jax.core.Tracer)
-    return True
 
 
 class _Recording:
@@ -182,7 +167,7 @@ def record_containers(model, sample):
 
         def call(*args, **kwargs):
             tensors = flatten_call_args(args, kwargs, is_any_tensor)
-            concrete = bool(tensors) and all(_is_concrete(t) for t in tensors)
+            concrete = bool(tensors) and all(backend.executing_eagerly(t) for t in tensors)
             parent = stack[-1] if stack and concrete else None
             begin = own is not None and concrete and not own.started
             if begin:
@@ -206,7 +191,7 @@ def record_containers(model, sample):
         def record(name, original, args, kwargs, positions):
             output = original(*args, **kwargs)
             operands = [args[p] for p in positions]
-            if recording.started and not recording.done and all(_is_concrete(t) for t in operands):
+            if recording.started and not recording.done and all(backend.executing_eagerly(t) for t in operands):
                 recording.operation(name, operands, output)
             return output
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import logging
-import weakref
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_compress import backend
 from keras_compress.base_layer import CompressionLayer, innermost
 from keras_compress.compressible import call_with_weights, compressible_spec
 
@@ -18,8 +18,9 @@ logger = logging.getLogger("keras_compress")
 
 #: The training-progress counters every wrapper holds (see `WeightsWrapper`).
 PROGRESS_VARIABLES = ("compression_epoch", "compression_step")
-# Training functions (tf.function graphs) already warned about a missing schedule driver.
-_WARNED_GRAPHS = weakref.WeakSet()
+# Training functions (tf.function graphs, JAX traces) already warned about a missing schedule driver:
+# their `backend.trace_token`s, which compare with `==` (the last few are enough).
+_WARNED_TRACES = collections.deque(maxlen=32)
 
 
 def unwrap(layer):
@@ -164,15 +165,15 @@ class WeightsWrapper(CompressionLayer, keras.layers.Wrapper):
     #: True while a `CompressionController` drives this wrapper's schedule (set by the controller).
     driven = False
 
-    def _warn_if_not_driven(self):
+    def _warn_if_not_driven(self, inputs):
         """Warns once per training function when a scheduled wrapper is trained with no controller."""
         undriven = any(w.scheduled and not w.driven for w in self._chain()[0])
-        if not undriven or tf.executing_eagerly():
+        if not undriven:
             return
-        graph = tf.compat.v1.get_default_graph()
-        if graph in _WARNED_GRAPHS:
+        token = backend.trace_token(inputs)
+        if token is None or any(token == seen for seen in _WARNED_TRACES):
             return
-        _WARNED_GRAPHS.add(graph)
+        _WARNED_TRACES.append(token)
         logger.warning(
             "A compressed model is being trained without the controller's callbacks (layer %r): "
             "its pruning/sparsity schedule does not advance and the compression level stays where it "
@@ -183,7 +184,7 @@ class WeightsWrapper(CompressionLayer, keras.layers.Wrapper):
 
     def call(self, inputs, *args, training=None, **kwargs):
         if training:
-            self._warn_if_not_driven()
+            self._warn_if_not_driven(inputs)
             # Only the outermost wrapper's call runs: it adds the losses of the whole stack.
             for wrapper in self._chain()[0]:
                 loss = wrapper.training_loss()

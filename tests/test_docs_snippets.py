@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SKIP = "<!-- docs-test: skip -->"
 #: Pages whose Python is run elsewhere, not here.
-NOT_RUN_HERE = {"reliability.md": "distributed training on several workers: tests/test_reliability.py runs it"}
+NOT_RUN_HERE = {"reliability.md": "distributed training on several workers: tests/test_reliability.py runs it",
+                "backends.md": "JAX data parallelism, one host and several: tests/test_backends.py runs it"}
 FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)[ \t]*$")
 
 PRELUDE = """

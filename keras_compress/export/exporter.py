@@ -7,6 +7,7 @@ from pathlib import Path
 
 from keras_compress.export.atomic import check_folder_target, replace_together, staging_folder
 from keras_compress.export.openvino import check_ir_target, convert_saved_model
+from keras_compress.export.saved_model import write_saved_model
 from keras_compress.export.strip import strip_model
 
 __all__ = ["export"]
@@ -18,15 +19,9 @@ SAVED_MODEL_ENTRIES = ("assets", "fingerprint.pb", "saved_model.pb", "variables"
 
 
 def _save_saved_model(model, directory):
-    # A model without symbolic inputs (a subclassed one) tells its inputs through `input_signature`.
-    signature = getattr(model, "input_signature", None)
-    options = {} if signature is None else {"input_signature": signature}
-    try:
-        model.export(str(directory), format="tf_saved_model", verbose=False, **options)
-    except Exception as err:  # noqa: BLE001 - tracing can raise anything
-        raise RuntimeError(
-            f"Could not trace model {model.name!r} into a SavedModel: {err}"
-        ) from err
+    """The stripped model as a SavedModel in `directory` (on JAX/PyTorch through the TensorFlow helper
+    process, its temporary `.keras` file next to `directory`, in the staging folder)."""
+    write_saved_model(model, directory)
 
 
 def export(model, path, format="openvino", compress_to_fp16=False):
@@ -48,6 +43,10 @@ def export(model, path, format="openvino", compress_to_fp16=False):
     a killed export left behind is removed by the next export to the same folder. The
     SavedModel -> IR conversion runs in a separate process (see `convert_saved_model`).
 
+    Any Keras backend: on JAX or PyTorch the stripped model is written as a SavedModel by a helper
+    process on the TensorFlow backend (`write_saved_model`), so the IR is the one a model trained
+    on TensorFlow gives. Its custom classes must then be defined in importable modules.
+
     Args:
         model: a `keras.Model` (compressed by `kc.compress`, or plain).
         path: for "openvino", `out/model` or `out/model.xml` (writes `.xml` and `.bin`);
@@ -64,6 +63,7 @@ def export(model, path, format="openvino", compress_to_fp16=False):
         IsADirectoryError, NotADirectoryError, FileExistsError: for a target that exists as the
             wrong kind of thing (see above), before any work.
         OSError: when the target's folder cannot be created or written.
+        ValueError: on JAX or PyTorch, for a model with a class defined in `__main__`.
         RuntimeError: when tracing or the conversion fails (also when OpenVINO's converter crashes).
 
     Example:

@@ -15,100 +15,34 @@ there, in a process without TensorFlow loaded, was not slower than in-process).
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import json
-import signal
-import subprocess
 import sys
-import threading
 from pathlib import Path
 
 from keras_compress.export.atomic import check_file_target, replace_together, staging_folder
+from keras_compress.export.job_process import SERVE_LOOP, JobProcess, describe_exit
 
 __all__ = ["ConverterCrashed", "convert_saved_model", "xml_path_for"]
 
-#: The converter process: reads one JSON job per line on stdin, answers one JSON line per job on
-#: its original stdout (OpenVINO's own output is sent to stderr, so it never mixes with replies).
+#: The converter process's program (a `JobProcess`): it imports only openvino.
 CONVERTER_CODE = r"""
-import json, os, sys
-replies = os.fdopen(os.dup(1), "w")
-os.dup2(2, 1)
 import openvino as ov
-for line in sys.stdin:
-    job = json.loads(line)
-    try:
-        model = ov.convert_model(job["saved_model"])
-        ov.save_model(model, job["xml"], compress_to_fp16=job["compress_to_fp16"])
-        del model
-        reply = {"ok": True}
-    except Exception as err:
-        reply = {"ok": False, "error": f"{type(err).__name__}: {err}"}
-    replies.write(json.dumps(reply) + "\n")
-    replies.flush()
-"""
+
+def handle(job):
+    model = ov.convert_model(job["saved_model"])
+    ov.save_model(model, job["xml"], compress_to_fp16=job["compress_to_fp16"])
+""" + SERVE_LOOP
 
 
 class ConverterCrashed(RuntimeError):
     """OpenVINO's converter process died while converting (a crash in native code)."""
 
 
-class _Converter:
-    """The reusable converter process (one per Python process, one conversion at a time)."""
-
-    def __init__(self):
-        self.process = None
-        self.lock = threading.Lock()
-
-    def _start(self):
-        if self.process is None or self.process.poll() is not None:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", CONVERTER_CODE],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-        return self.process
-
-    def convert(self, saved_model_dir, xml, compress_to_fp16, source):
-        job = {"saved_model": str(saved_model_dir), "xml": str(xml), "compress_to_fp16": bool(compress_to_fp16)}
-        with self.lock:
-            process = self._start()
-            try:
-                process.stdin.write(json.dumps(job) + "\n")
-                process.stdin.flush()
-                line = process.stdout.readline()
-            except (BrokenPipeError, OSError):
-                line = ""
-            if not line:
-                code = process.wait()
-                self.process = None
-                raise ConverterCrashed(_crash_message(code, source))
-        reply = json.loads(line)
-        if not reply["ok"]:
-            raise RuntimeError(f"OpenVINO could not convert {source}: {reply['error']}")
-
-    def close(self):
-        """Ends the converter process (at interpreter exit)."""
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-                process.stdin.close()
-                process.wait(timeout=10)
-            if process.poll() is None:
-                process.kill()
-
-
 def _crash_message(code, source):
     """What a converter process that ended without answering means for the user."""
     if code is not None and code < 0:
-        try:
-            how = f"killed by signal {signal.Signals(-code).name}"
-        except ValueError:
-            how = f"killed by signal {-code}"
         return (
-            f"OpenVINO's converter crashed ({how}) while converting {source}. It ran in a separate "
-            "process, so this process and its model are unaffected and nothing was written at the "
+            f"OpenVINO's converter crashed ({describe_exit(code)}) while converting {source}. It ran in a "
+            "separate process, so this process and its model are unaffected and nothing was written at the "
             "target. The model holds an operation or pattern OpenVINO cannot convert: try another "
             "OpenVINO version, or export with format='saved_model' and convert it elsewhere."
         )
@@ -119,8 +53,8 @@ def _crash_message(code, source):
     )
 
 
-_CONVERTER = _Converter()
-atexit.register(_CONVERTER.close)
+#: One converter process per Python process (the program is read when it starts).
+_CONVERTER = JobProcess(lambda: CONVERTER_CODE, lambda code, source: ConverterCrashed(_crash_message(code, source)))
 
 
 def xml_path_for(path):
@@ -173,6 +107,10 @@ def convert_saved_model(saved_model_dir, output, compress_to_fp16=False, source=
     with staging_folder(xml.parent) as tmp:
         source = source or f"the SavedModel {str(saved_model_dir)!r}"
         # Absolute paths: the converter process may have been started in another working directory.
-        _CONVERTER.convert(saved_model_dir.resolve(), (tmp / "model.xml").resolve(), compress_to_fp16, source)
+        job = {"saved_model": str(saved_model_dir.resolve()), "xml": str((tmp / "model.xml").resolve()),
+               "compress_to_fp16": bool(compress_to_fp16)}  # fmt: skip
+        reply = _CONVERTER.run(job, source)
+        if not reply["ok"]:
+            raise RuntimeError(f"OpenVINO could not convert {source}: {reply['error']}")
         replace_together([(tmp / "model.bin", xml.with_suffix(".bin")), (tmp / "model.xml", xml)], backup=tmp)
     return xml

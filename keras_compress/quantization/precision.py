@@ -2,8 +2,8 @@
 
 HAWQ's idea on Keras: a layer's sensitivity to quantization at `b` bits is
 `trace(H_l) / n_l * ||Q_b(W_l) - W_l||^2`, with the Hessian trace estimated by Hutchinson's
-method (`E[v^T H v]` over Rademacher vectors `v`, Hessian-vector products by double backprop).
-The loss is the squared distance of the outputs to the FP32 model's outputs on the calibration
+method (`E[v^T H v]` over Rademacher vectors `v`, Hessian-vector products by double backprop on
+any backend: `keras_compress.backend.hessian_vector_product`). The loss is the squared distance of the outputs to the FP32 model's outputs on the calibration
 data, whose Hessian at the FP32 weights is the Gauss-Newton matrix: no labels needed. The
 cheaper `loss_perturbation` criterion measures that loss directly with one layer at a time
 quantized at each bit width. The assignment greedily lowers the bits of the layers whose
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from keras_compress import backend
 from keras_compress.quantization.quantizers import reduction_axes
 
 __all__ = [
@@ -64,7 +65,6 @@ def hutchinson_traces(model, kernels, batches, iter_number=200, tolerance=1e-4, 
         {name: trace / number of parameters}.
     """
     import keras
-    import tensorflow as tf
 
     rng = np.random.default_rng(seed)
     names = list(kernels)
@@ -72,17 +72,12 @@ def hutchinson_traces(model, kernels, batches, iter_number=200, tolerance=1e-4, 
     sums = np.zeros(len(names))
     count = 0
     for x in batches:
-        targets = [tf.stop_gradient(t) for t in keras.tree.flatten(model(x, training=False))]
+        targets = [keras.ops.stop_gradient(t) for t in keras.tree.flatten(model(x, training=False))]
+        hvp = backend.hessian_vector_product(lambda: _output_distance(model, x, targets), variables)  # noqa: B023
         previous = None
         for _ in range(max(int(iter_number), 1)):
-            vs = [tf.constant(rng.choice([-1.0, 1.0], size=v.shape).astype("float32")) for v in variables]
-            with tf.GradientTape() as outer:
-                with tf.GradientTape() as inner:
-                    loss = _output_distance(model, x, targets)
-                grads = inner.gradient(loss, variables)
-                dot = tf.add_n([tf.reduce_sum(g * v) for g, v in zip(grads, vs)])
-            hvs = outer.gradient(dot, variables)
-            sums += [float(tf.reduce_sum(v * hv)) for v, hv in zip(vs, hvs)]
+            vs = [rng.choice([-1.0, 1.0], size=v.shape).astype("float32") for v in variables]
+            sums += [float(np.sum(v * hv)) for v, hv in zip(vs, hvp(vs))]
             count += 1
             total = sums.sum() / count
             if previous is not None and abs(total - previous) <= tolerance * max(abs(previous), 1e-12):

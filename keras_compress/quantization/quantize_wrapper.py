@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 from keras import ops
 
+from keras_compress import backend
 from keras_compress.quantization.fake_quantize import FakeQuantize
 from keras_compress.quantization.quantizers import Quantizer, QuantizerSpec
 from keras_compress.wrapper import WeightsWrapper, unwrap
@@ -76,9 +76,9 @@ class QuantizeWrapper(WeightsWrapper):
         if self.frozen_ranges is not None:
             return
         # Keras builds a layer that has no build() (a user's block holding this wrapper) by tracing
-        # its call in a graph; the ranges are set from the weights' values outside of it.
-        with tf.init_scope():
-            self.initialize_ranges_from_weights()
+        # its call; the ranges are set from the weights' values outside of it (on JAX, which has no
+        # way out of a trace, by `kc.compress`'s initialization).
+        backend.run_outside_trace(self.initialize_ranges_from_weights, self.quantized_weights().values())
 
     def quantized_weights(self):
         """`{weight name: variable}` of the weights the quantizers act on."""

@@ -128,6 +128,12 @@ def fake_quantize(x, low, high, bits, narrow_range=False, axis=None):
 
     Gradients pass straight through to `x` inside the range and reach `low` and `high`.
     """
+    last = len(x.shape) - 1
+    if axis is not None and axis % len(x.shape) != last:
+        # Keras' per-channel fake quantization on JAX and PyTorch broadcasts the range against the last
+        # axis only; on TensorFlow it swaps the axes itself, as here (the same graph).
+        moved = fake_quantize(ops.swapaxes(x, axis, last), low, high, bits, narrow_range, last)
+        return ops.swapaxes(moved, last, axis)
     return keras.quantizers.fake_quant_with_min_max_vars(
         x, low, high, num_bits=bits, narrow_range=narrow_range, axis=axis
     )
