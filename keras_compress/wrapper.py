@@ -6,7 +6,6 @@ import collections
 import logging
 
 import keras
-import numpy as np
 
 from keras_compress import backend
 from keras_compress.base_layer import CompressionLayer, innermost

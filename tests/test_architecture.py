@@ -169,3 +169,15 @@ def test_the_adaptive_algorithms_of_the_config_are_those_whose_level_can_be_set(
     for cls in ALGORITHMS.values():  # an adaptive algorithm has a level to aim at and to set
         own = cls.set_level is not CompressionAlgorithm.set_level and cls.target_level is not CompressionAlgorithm.target_level
         assert own == cls.adaptive, cls.name
+
+
+def test_the_architecture_drawing_is_drawn_from_the_code_as_it_is():
+    sys.path.insert(0, str(ROOT / "docs" / "tools"))
+    try:
+        import architecture_graph
+    finally:
+        sys.path.pop(0)
+    svg = (ROOT / "docs" / "architecture.svg").read_text()
+    assert architecture_graph.source_stamp() in svg, (
+        "docs/architecture.svg is stale: run `python docs/tools/architecture_graph.py` (needs Graphviz's `dot`)"
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import hashlib
 import subprocess
 from pathlib import Path
 
@@ -73,13 +74,21 @@ def dot_source():
     return "\n".join(lines)
 
 
+def source_stamp(source=None):
+    """The comment the SVG carries: the hash of the DOT source it was drawn from (tests/test_architecture.py
+    compares it with the code's, so a stale drawing fails the suite)."""
+    digest = hashlib.sha256((source or dot_source()).encode()).hexdigest()
+    return f"<!-- drawn from architecture graph {digest} -->"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--svg", default=str(ROOT / "docs" / "architecture.svg"), help="SVG file to write")
     parser.add_argument("--png", help="also write a PNG (to look at)")
     args = parser.parse_args()
     source = dot_source()
-    subprocess.run(["dot", "-Tsvg", "-o", args.svg], input=source, text=True, check=True)
+    svg = subprocess.run(["dot", "-Tsvg"], input=source, text=True, check=True, capture_output=True).stdout
+    Path(args.svg).write_text(svg.replace("<svg", f"{source_stamp(source)}\n<svg", 1))
     if args.png:
         subprocess.run(["dot", "-Tpng", "-Gdpi=110", "-o", args.png], input=source, text=True, check=True)
     print(args.svg)
