@@ -13,7 +13,18 @@ The rules follow what OpenVINO's CPU plugin needs to run layers in INT8 (see doc
   (10.6 ms vs 7.9 ms, the same as NNCF's post-training placement) because the identity branch
   then needs its own signed quantizer. `activations.unified_scale_ops` can still ask for a
   shared range on chosen merge layers;
-- nothing sits between a convolution and its BatchNormalization (BN is not a quantizing consumer);
+- nothing sits between a convolution and its BatchNormalization: OpenVINO folds that BN into the
+  convolution. A BatchNormalization that does not follow a layer with weights (ResNetV2's
+  pre-activation `BN -> ReLU -> Conv`) is a quantizing consumer when its result is read in int8:
+  OpenVINO's low-precision transformations run its Multiply/Add on the int8 tensor and fold them,
+  with the ReLU, into the requantization of the next quantizer;
+- a tensor that has a quantizer for one consumer is read quantized by every consumer that OpenVINO
+  runs on int8 input (BatchNormalization, activations, precision-preserving layers; `SHARED_READER_ROLES`),
+  as NNCF's post-training placement does. Otherwise the producer must also write the float tensor and
+  the quantizer stays in the runtime graph as a standalone f32 FakeQuantize plus Reorders. Measured on
+  ResNet50V2 (batch 1, this 2-core VNNI CPU, OpenVINO 2026.4): 26 standalone FakeQuantize and 15
+  Reorders with one quantizer per int8 consumer, and INT8 1.53x NNCF PTQ's latency; see
+  docs/benchmarks.md#coverage for the figures with this rule;
 - the two inputs of a matmul between activations (`keras.ops.matmul`, `einsum`, `Dot`) get
   quantizers, the second one signed: OpenVINO's CPU plugin runs such a MatMul in int8 only when
   its second input is signed symmetric (u8 or i8 first input, i8 second input; measured with every
@@ -37,6 +48,7 @@ __all__ = [
     "AGNOSTIC_ROLES",
     "QUANTIZED_INPUT_ROLES",
     "SELF_QUANTIZED_ROLES",
+    "SHARED_READER_ROLES",
 ]
 
 #: Node roles whose output is on the input's quantization grid when the input is (precision
@@ -47,8 +59,12 @@ AGNOSTIC_ROLES = ("identity", "spatial", "reshape")
 QUANTIZED_INPUT_ROLES = ("average_pool", "merge", "concat", "matmul")
 #: Node roles whose (wrapped) layers quantize their own inputs: the graph puts no quantizer there.
 SELF_QUANTIZED_ROLES = ("attention",)
-#: Node roles a merge's result passes through on its way to an int8 reader (see `_merges_read_in_int8`).
+#: Node roles a merge's result passes through on its way to an int8 reader (see `_read_in_int8`).
 _TOWARDS_INT8_ROLES = (*AGNOSTIC_ROLES, "activation", "batchnorm", "channelwise")
+#: Node roles that read a tensor's quantized copy when the tensor is quantized for another consumer:
+#: OpenVINO runs them on the int8 tensor (its low-precision transformations move the dequantization
+#: through them or fold them into the next requantization).
+SHARED_READER_ROLES = _TOWARDS_INT8_ROLES
 
 
 @dataclasses.dataclass
@@ -98,15 +114,17 @@ def plan_activation_quantizers(
     signed_refs = set()  # TensorRefs whose quantizer must be signed
     edges = {}
     names = {}
-    read_in_int8 = _merges_read_in_int8(graph, weight_quantized, is_unified)
+    read_in_int8 = _read_in_int8(graph, weight_quantized, is_unified, is_ignored)
     for call in graph.calls:
         role = call.role
         merge = role in ("merge", "concat") and is_unified(call)
         if role in SELF_QUANTIZED_ROLES:
             continue
-        if not (id(call.layer) in weight_quantized or role in QUANTIZED_INPUT_ROLES):
+        if not (id(call.layer) in weight_quantized or role in QUANTIZED_INPUT_ROLES or role == "batchnorm"):
             continue
-        if role == "merge" and call.index not in read_in_int8:
+        if role in ("merge", "batchnorm") and call.index not in read_in_int8:
+            continue
+        if role == "batchnorm" and _folded_batchnorm(graph, call):
             continue
         if is_ignored(call):
             continue
@@ -146,6 +164,15 @@ def plan_activation_quantizers(
             if ref in signed_refs:
                 signed_refs.add(source)
 
+    _join_concatenations(graph, edges, names, needs, signed_refs)
+
+    # Every other consumer that OpenVINO runs on int8 input reads the same quantized tensor.
+    for ref, consumer_edges in needs.items():
+        for index, pos in graph.consumers(ref):
+            call = graph.calls[index]
+            if (index, pos) not in edges and call.role in SHARED_READER_ROLES and index in read_in_int8:
+                consumer_edges.add((index, pos))
+
     taken = {call.name for call in graph.calls} | set(graph.input_names) | set(names.values())
 
     def unique(name):
@@ -174,38 +201,93 @@ def plan_activation_quantizers(
     return ActivationPlan(edges, names, outputs, signed)
 
 
-def _merges_read_in_int8(graph, weight_quantized, is_unified):
-    """Indices of the merge calls whose result is read by a layer that quantizes its inputs.
+def _join_concatenations(graph, edges, names, needs, signed_refs):
+    """Concatenations whose inputs share one quantizer are on that quantizer's grid: no new quantizer.
 
-    A merge's result is followed through activations, BatchNormalization and precision-preserving
-    layers to its readers: a weight-quantized layer, average pooling, a concatenation, a matmul, or
-    another merge read in int8 (not a layer that quantizes its own inputs: it reads the float
-    tensor). A merge asked to have a unified input scale (`is_unified`) counts as read in int8.
+    The result of such a concatenation is read as it is (its tensor quantizer is dropped), the other
+    int8 readers of an input read it through the shared quantizer (one quantizer per tensor), and a
+    concatenation that reads another one (directly or through precision-preserving layers,
+    InceptionV3's `Concatenate([..., MaxPool(mixed2)])`) shares its quantizer
+    with it, as NNCF's post-training placement does. Measured on InceptionV3 (batch 1, this 2-core
+    VNNI CPU, OpenVINO 2026.4): a quantizer on each concatenation's result left 15 requantizing
+    FakeQuantize ops that NNCF's placement does not have. Changes `edges`, `names` and `needs` in place.
+    """
+    keys = {}  # concatenation call index -> its key in `edges`
+    for (index, _), key in edges.items():
+        if key[0] == "merge" and graph.calls[index].role == "concat":
+            keys[index] = key
+    complete = {
+        index for index in keys
+        if all((index, pos) in edges for pos, ref in enumerate(graph.calls[index].inputs)
+               if _is_float(graph.dtypes.get(ref)))
+    }  # fmt: skip
+    root = {key: key for key in keys.values()}
+
+    def find(key):
+        while root[key] != key:
+            key = root[key]
+        return key
+
+    for index in sorted(complete):
+        for pos, ref in enumerate(graph.calls[index].inputs):
+            if (index, pos) not in edges:
+                continue
+            producer, on_grid = graph.producer(ref), [ref]
+            while producer is not None and producer.role in AGNOSTIC_ROLES and len(producer.inputs) == 1:
+                on_grid.append(producer.inputs[0])  # precision-preserving layers keep the grid
+                producer = graph.producer(producer.inputs[0])
+            if producer is not None and producer.index in complete:
+                del edges[(index, pos)]
+                root[find(keys[producer.index])] = find(keys[index])
+                for tensor in on_grid:
+                    if tensor not in signed_refs:
+                        needs.pop(tensor, None)
+            elif ref in needs and ref not in signed_refs:  # the input's other int8 readers share the quantizer
+                for edge in needs.pop(ref):
+                    edges[edge] = keys[index]
+    for index in complete:
+        ref = (index, 0)
+        if ref in needs and ref not in signed_refs:
+            del needs[ref]
+    for edge, key in list(edges.items()):
+        if key in root and find(key) != key:
+            edges[edge] = find(key)
+    for key in list(root):
+        if find(key) != key:
+            del names[key]
+
+
+def _folded_batchnorm(graph, call):
+    """Whether a BatchNormalization call follows a layer with weights (OpenVINO folds it into that layer)."""
+    producer = graph.producer(call.inputs[0])
+    return producer is not None and producer.role in ("weights", "model")
+
+
+def _read_in_int8(graph, weight_quantized, is_unified, is_ignored):
+    """Indices of the calls whose result is read in int8.
+
+    A result is followed through activations, BatchNormalization and precision-preserving layers
+    (`_TOWARDS_INT8_ROLES`) to its readers: a weight-quantized layer, average pooling, a concatenation,
+    a matmul, or a merge or pre-activation BatchNormalization whose own result is read in int8 (not a
+    layer that quantizes its own inputs: it reads the float tensor; not a reader whose activation
+    quantizers are out of scope). A merge asked to have a unified input scale (`is_unified`) counts as
+    read in int8. Calls come after their producers in `graph.calls`, so one pass from the end decides.
     """
     found = set()
 
     def reads_int8(call):
         role = call.role
-        if role == "merge":
+        if role in SELF_QUANTIZED_ROLES or is_ignored(call):
+            return False
+        if role == "merge" or (role == "batchnorm" and not _folded_batchnorm(graph, call)):
             return call.index in found
-        # A layer that quantizes its own inputs (attention) reads the float tensor.
-        return role not in SELF_QUANTIZED_ROLES and (id(call.layer) in weight_quantized or role in QUANTIZED_INPUT_ROLES)
+        return id(call.layer) in weight_quantized or role in QUANTIZED_INPUT_ROLES
 
-    def read(refs, seen):
-        for ref in refs:
-            for index, _ in graph.consumers(ref):
-                if index in seen:
-                    continue
-                seen.add(index)
-                call = graph.calls[index]
-                if reads_int8(call):
-                    return True
-                if call.role in _TOWARDS_INT8_ROLES and read([(index, j) for j in range(call.num_outputs)], seen):
-                    return True
-        return False
-
-    for call in reversed(graph.calls):  # consumers come after their producers
-        if call.role == "merge" and (is_unified(call) or read([(call.index, 0)], set())):
+    for call in reversed(graph.calls):
+        consumers = [graph.calls[index] for j in range(call.num_outputs) for index, _ in graph.consumers((call.index, j))]
+        if (call.role == "merge" and is_unified(call)) or any(
+            reads_int8(c) or (c.role in _TOWARDS_INT8_ROLES and c.index in found) for c in consumers
+        ):
             found.add(call.index)
     return found
 
