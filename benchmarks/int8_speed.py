@@ -57,6 +57,124 @@ def nncf_ptq(fp32_xml, samples, out_xml, model_type=None):
     return out_xml
 
 
+def realistic_biases(model, seed=0, stddev=0.05):
+    """Gives every all-zero bias and normalization offset (`bias`, `beta`) small random values.
+
+    A trained model has none at zero, and `weights=None` leaves all of them there: OpenVINO drops
+    an all-zero bias, which changes what it fuses. Without its bias, a `Dense -> GELU` ran as two
+    int8 FullyConnected ops, one per branch of the GELU's Erf formula (ConvNeXt's MLPs, OpenVINO
+    2026.4), in the FP32 and both INT8 IRs alike.
+    """
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        for weight in layer.weights:
+            name = weight.path.rsplit("/", 1)[-1]
+            if name in ("bias", "beta") and not np.any(keras.ops.convert_to_numpy(weight)):
+                weight.assign(rng.normal(0.0, stddev, weight.shape).astype("float32"))
+
+
+#: Runtime-graph ops that a good INT8 placement leaves out: a FakeQuantize the CPU plugin could not fuse
+#: into the op before it runs on its own (in f32 when it reads a float tensor), and a Reorder converts
+#: layouts or precisions between two ops (see docs/quantization.md).
+STANDALONE_OPS = ("FakeQuantize", "Reorder")
+
+
+def standalone_ops(compiled):
+    """`{"FakeQuantize": n, "Reorder": n}`: the standalone ops of a compiled model's runtime graph."""
+    counts = dict.fromkeys(STANDALONE_OPS, 0)
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        layer_type = info["layerType"].astype(str) if "layerType" in info else ""
+        if layer_type in counts:
+            counts[layer_type] += 1
+    return counts
+
+
+def compute_isa(compiled):
+    """The instruction sets named by the primitives of the runtime graph's Convolution/FullyConnected/MatMul
+    ops (`avx512`, `amx`, `avx2`, ...): shows that `ONEDNN_MAX_CPU_ISA=AVX2` capped the plugin."""
+    found = set()
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        if "layerType" in info and info["layerType"].astype(str) in ("Convolution", "FullyConnected", "MatMul"):
+            primitive = info["primitiveType"].astype(str).lower() if "primitiveType" in info else ""
+            found |= {isa for isa in ("amx", "avx512", "avx2", "sse41") if isa in primitive}
+    return sorted(found)
+
+
+def runtime_figures(xmls, inputs, rounds, iterations, warmup=5):
+    """Latency, runtime int8 share and standalone ops of the FP32, keras_compress and NNCF IRs.
+
+    Args:
+        xmls: `{"FP32": path, "kc": path, "NNCF": path}`.
+        inputs: one sample batch (array, or `{input name: array}`) fed to every model.
+        rounds, iterations, warmup: `benchmark_models` arguments (interleaved rounds).
+
+    Returns:
+        A JSON-ready dict: `latency_ms` per "<IR> (<hint>)", `ratios` `{hint: [median, min, max]}` of the
+        kc / NNCF latency over rounds, `standalone` and `int8` (`[u8/i8 ops, all]`, Conv/FC/MatMul) per IR
+        for the default hint, and `isa`, the instruction sets of the int8 primitives.
+    """
+    from keras_compress.benchmark import compute_op_precisions
+
+    compiled = {f"{label} ({hint})": compile_ir(xml, hint) for label, xml in xmls.items() for hint in ("f32", "default")}
+    times = benchmark_models(compiled, rounds=rounds, iterations=iterations, warmup=warmup,
+                             inputs={k: inputs for k in compiled})  # fmt: skip
+    result = {"latency_ms": {k: v["latency_ms"] for k, v in times.items()}, "ratios": {}, "standalone": {}, "int8": {}}
+    for hint in ("f32", "default"):
+        ratio = np.array(times[f"kc ({hint})"]["rounds_ms"]) / np.array(times[f"NNCF ({hint})"]["rounds_ms"])
+        result["ratios"][hint] = [float(np.median(ratio)), float(ratio.min()), float(ratio.max())]
+    for label, xml in xmls.items():
+        model = compiled[f"{label} (default)"]
+        result["standalone"][label] = standalone_ops(model)
+        counts = compute_op_precisions(model, xml)
+        result["int8"][label] = [sum(n for (_, p), n in counts.items() if p in ("u8", "i8")), sum(counts.values())]
+    result["isa"] = compute_isa(compiled["kc (default)"])
+    return result
+
+
+RUNTIME_CHILD = """
+import json, sys
+import numpy as np
+sys.path.insert(0, {here!r})
+from int8_speed import runtime_figures
+data = np.load({inputs!r})
+inputs = {{k: data[k] for k in data.files}}
+inputs = inputs["x"] if list(inputs) == ["x"] else inputs
+print("RESULT " + json.dumps(runtime_figures({xmls!r}, inputs, {rounds}, {iterations})))
+"""
+
+
+def runtime_figures_in_child(xmls, inputs, rounds, iterations, isa=None):
+    """`runtime_figures` in a fresh process; `isa="AVX2"` caps OpenVINO's CPU plugin to AVX2 kernels there
+    (`ONEDNN_MAX_CPU_ISA`, read when the plugin loads, so it takes a process of its own)."""
+    import json
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "inputs.npz")
+        np.savez(path, **(inputs if isinstance(inputs, dict) else {"x": inputs}))
+        env = dict(os.environ, **({"ONEDNN_MAX_CPU_ISA": isa} if isa else {}))
+        code = RUNTIME_CHILD.format(here=str(Path(__file__).resolve().parent), inputs=path,
+                                    xmls={k: str(v) for k, v in xmls.items()}, rounds=rounds, iterations=iterations)  # fmt: skip
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    lines = [line[7:] for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"runtime measurement failed (exit {out.returncode}): {out.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def ratio_text(ratio):
+    """`[median, min, max]` as "0.97 (0.91..1.04)"."""
+    return f"{ratio[0]:.2f} ({ratio[1]:.2f}..{ratio[2]:.2f})"
+
+
+def standalone_text(figures):
+    """kc's and NNCF's standalone FakeQuantize / Reorder counts as "FQ 0/0, Reorder 2/2" (kc/NNCF)."""
+    kc, nncf = figures["standalone"]["kc"], figures["standalone"]["NNCF"]
+    return f"FQ {kc['FakeQuantize']}/{nncf['FakeQuantize']}, Reorder {kc['Reorder']}/{nncf['Reorder']}"
+
+
 def precision_summary(compiled):
     counts = runtime_precisions(compiled)
     return ", ".join(f"{t[:4]} {p}:{n}" for (t, p), n in sorted(counts.items()))
