@@ -178,7 +178,7 @@ def run(quick=False, models=None, json_path=None):
 HEADER = ["family (models)", "smallest model", "kc.compress s", "u8/i8 Conv+FC+MatMul (NNCF)", "IR vs Keras",
           "INT8 ms", "vs FP32 f32", "vs FP32 default", "pruning: FLOPs left", "sparsity"]  # fmt: skip
 SPEED_HEADER = ["smallest model", "kc / NNCF f32 hint", "kc / NNCF default", "standalone FQ, Reorder (kc/NNCF)",
-                "AVX2: kc / NNCF f32 hint", "AVX2: kc / NNCF default", "AVX2: standalone (kc/NNCF)", "AVX2 kernels"]  # fmt: skip
+                "AVX2: kc / NNCF", "AVX2: standalone (kc/NNCF)", "AVX2 kernels"]  # fmt: skip
 
 
 def table(results, failures):
@@ -201,8 +201,7 @@ def table(results, failures):
         ])  # fmt: skip
         speed.append([
             r["model"], ratio_text(native["ratios"]["f32"]), ratio_text(native["ratios"]["default"]),
-            standalone_text(native), ratio_text(avx2["ratios"]["f32"]), ratio_text(avx2["ratios"]["default"]),
-            standalone_text(avx2), "+".join(avx2["isa"]),
+            standalone_text(native), ratio_text(avx2["ratios"]["f32"]), standalone_text(avx2), "+".join(avx2["isa"]),
         ])  # fmt: skip
         float_ops = [f"{k} {n}" for k, n in r["kc_counts"].items() if not k.endswith(("u8", "i8"))]
         if float_ops:
@@ -217,16 +216,17 @@ def table(results, failures):
                          + "; ".join(f"{n} x {reason}" for reason, n in list(r["pruning_left"].items())[:4]))  # fmt: skip
     for name, code, err in failures:
         notes.append(f"{name}: FAILED (exit {code}): {err.strip().splitlines()[-1] if err.strip() else ''}")
-    worst = {f"{'AVX2 ' if key == 'runtime_avx2' else ''}{hint}": max(
-        (r[key]["ratios"][hint][0] for r in results), default=float("nan"))
-        for key in ("runtime", "runtime_avx2") for hint in ("f32", "default")}  # fmt: skip
+    worst = {label: max((r[key]["ratios"][hint][0] for r in results), default=float("nan"))
+             for label, key, hint in (("f32 hint", "runtime", "f32"), ("default", "runtime", "default"),
+                                      ("AVX2", "runtime_avx2", "f32"))}  # fmt: skip
     return "\n".join([
         md_table(HEADER, rows), "", *[f"- {note}" for note in notes], "",
         "keras_compress INT8 latency over NNCF PTQ INT8 latency, batch 1: median (min..max) of the per-round "
         "ratios of interleaved rounds, with the CPU plugin's INFERENCE_PRECISION_HINT=f32 and its default, on "
-        "this CPU and with the plugin capped to AVX2 kernels (`ONEDNN_MAX_CPU_ISA=AVX2`, in a process of its "
-        "own; the last column names the instruction sets of the int8 kernels). Standalone FakeQuantize and "
-        "Reorder ops are counted in the runtime graph (default hint): keras_compress / NNCF.", "",
+        "this CPU, and with the plugin capped to AVX2 kernels (`ONEDNN_MAX_CPU_ISA=AVX2`, in a process of its "
+        "own, f32 hint: an AVX2 CPU's default; the last column names the instruction sets of the int8 "
+        "kernels). Standalone FakeQuantize and Reorder ops are counted in the runtime graph: keras_compress / NNCF.",
+        "",
         md_table(SPEED_HEADER, speed), "",
         "Largest median kc / NNCF ratio over the families: " + ", ".join(f"{k} {v:.2f}" for k, v in worst.items()),
     ])  # fmt: skip

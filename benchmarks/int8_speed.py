@@ -102,34 +102,35 @@ def compute_isa(compiled):
     return sorted(found)
 
 
-def runtime_figures(xmls, inputs, rounds, iterations, warmup=5):
+def runtime_figures(xmls, inputs, rounds, iterations, warmup=5, hints=("f32", "default")):
     """Latency, runtime int8 share and standalone ops of the FP32, keras_compress and NNCF IRs.
 
     Args:
         xmls: `{"FP32": path, "kc": path, "NNCF": path}`.
         inputs: one sample batch (array, or `{input name: array}`) fed to every model.
         rounds, iterations, warmup: `benchmark_models` arguments (interleaved rounds).
+        hints: the precision hints to compile with ("f32": INFERENCE_PRECISION_HINT=f32, "default").
 
     Returns:
         A JSON-ready dict: `latency_ms` per "<IR> (<hint>)", `ratios` `{hint: [median, min, max]}` of the
         kc / NNCF latency over rounds, `standalone` and `int8` (`[u8/i8 ops, all]`, Conv/FC/MatMul) per IR
-        for the default hint, and `isa`, the instruction sets of the int8 primitives.
+        for the last hint, and `isa`, the instruction sets of the int8 primitives.
     """
     from keras_compress.benchmark import compute_op_precisions
 
-    compiled = {f"{label} ({hint})": compile_ir(xml, hint) for label, xml in xmls.items() for hint in ("f32", "default")}
+    compiled = {f"{label} ({hint})": compile_ir(xml, hint) for label, xml in xmls.items() for hint in hints}
     times = benchmark_models(compiled, rounds=rounds, iterations=iterations, warmup=warmup,
                              inputs={k: inputs for k in compiled})  # fmt: skip
     result = {"latency_ms": {k: v["latency_ms"] for k, v in times.items()}, "ratios": {}, "standalone": {}, "int8": {}}
-    for hint in ("f32", "default"):
+    for hint in hints:
         ratio = np.array(times[f"kc ({hint})"]["rounds_ms"]) / np.array(times[f"NNCF ({hint})"]["rounds_ms"])
         result["ratios"][hint] = [float(np.median(ratio)), float(ratio.min()), float(ratio.max())]
     for label, xml in xmls.items():
-        model = compiled[f"{label} (default)"]
+        model = compiled[f"{label} ({hints[-1]})"]
         result["standalone"][label] = standalone_ops(model)
         counts = compute_op_precisions(model, xml)
         result["int8"][label] = [sum(n for (_, p), n in counts.items() if p in ("u8", "i8")), sum(counts.values())]
-    result["isa"] = compute_isa(compiled["kc (default)"])
+    result["isa"] = compute_isa(compiled[f"kc ({hints[-1]})"])
     return result
 
 
@@ -141,13 +142,17 @@ from int8_speed import runtime_figures
 data = np.load({inputs!r})
 inputs = {{k: data[k] for k in data.files}}
 inputs = inputs["x"] if list(inputs) == ["x"] else inputs
-print("RESULT " + json.dumps(runtime_figures({xmls!r}, inputs, {rounds}, {iterations})))
+print("RESULT " + json.dumps(runtime_figures({xmls!r}, inputs, {rounds}, {iterations}, hints={hints!r})))
 """
 
 
 def runtime_figures_in_child(xmls, inputs, rounds, iterations, isa=None):
     """`runtime_figures` in a fresh process; `isa="AVX2"` caps OpenVINO's CPU plugin to AVX2 kernels there
-    (`ONEDNN_MAX_CPU_ISA`, read when the plugin loads, so it takes a process of its own)."""
+    (`ONEDNN_MAX_CPU_ISA`, read when the plugin loads, so it takes a process of its own).
+
+    Capped, the models are compiled with the f32 hint only: an AVX2 CPU's default precision is f32, while
+    the capped plugin still picks bf16 by default on this CPU and fails to compile an FP32 IR's pooling
+    ("Supported primitive descriptors list is empty", OpenVINO 2026.4)."""
     import json
     import subprocess
 
@@ -156,7 +161,8 @@ def runtime_figures_in_child(xmls, inputs, rounds, iterations, isa=None):
         np.savez(path, **(inputs if isinstance(inputs, dict) else {"x": inputs}))
         env = dict(os.environ, **({"ONEDNN_MAX_CPU_ISA": isa} if isa else {}))
         code = RUNTIME_CHILD.format(here=str(Path(__file__).resolve().parent), inputs=path,
-                                    xmls={k: str(v) for k, v in xmls.items()}, rounds=rounds, iterations=iterations)  # fmt: skip
+                                    xmls={k: str(v) for k, v in xmls.items()}, rounds=rounds, iterations=iterations,
+                                    hints=("f32",) if isa else ("f32", "default"))  # fmt: skip
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     lines = [line[7:] for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
