@@ -187,18 +187,19 @@ def precision_summary(compiled):
 
 
 def train_step_ratio(model, compressed, batch, steps=6):
-    """Median train-step time of the compressed model over that of the FP32 model."""
+    """Median train-step time of the compressed model over that of the FP32 model (interleaved steps)."""
     x, y = batch
-    times = {}
-    for name, m in (("fp32", model), ("qat", compressed)):
+    times = {"fp32": [], "qat": []}
+    models = {"fp32": model, "qat": compressed}
+    for m in models.values():
         m.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         m.train_on_batch(x, y)  # trace
-        samples = []
-        for _ in range(steps):
+    for _ in range(steps):
+        for name, m in models.items():
             start = time.perf_counter()
             m.train_on_batch(x, y)
-            samples.append(time.perf_counter() - start)
-        times[name] = float(np.median(samples))
+            times[name].append(time.perf_counter() - start)
+    times = {name: float(np.median(t)) for name, t in times.items()}
     return times["qat"] / times["fp32"], times
 
 
@@ -209,49 +210,55 @@ def bench_application(name, workdir, num_calib, rounds, train_batch):
     # A trained model's BatchNorm statistics are never the initial mean 0 / variance 1, which
     # fold into all-zero conv biases that OpenVINO drops (one post-op less per convolution for
     # whichever IR keeps them). Estimate them on the calibration data, as training would, so
-    # both INT8 IRs start from the same realistic FP32 model.
+    # both INT8 IRs start from the same realistic FP32 model. Biases likewise (`realistic_biases`).
+    realistic_biases(model)
     adapt_batchnorm(model, np.array_split(calib, max(1, num_calib // 8)), num_calib, verbose=0)
     config = kc.load_config(resources.files("keras_compress") / "configs" / "int8.json")
     config.compression[0].initializer.range.num_init_samples = num_calib
     config.compression[0].initializer.batchnorm_adaptation.num_bn_adaptation_samples = num_calib
     start = time.perf_counter()
-    compressed, ctrl = kc.compress(model, config, dataset=calib)
+    compressed, ctrl = kc.compress(model, config, dataset=calib, verbose=0)
     compress_s = time.perf_counter() - start
     fp32_xml = kc.export(model, workdir / f"{name}_fp32")
     int8_xml = kc.export(compressed, workdir / f"{name}_kc_int8")
     nncf_xml = nncf_ptq(fp32_xml, calib, workdir / f"{name}_nncf_int8.xml")
-    models = {
-        "FP32 (f32 hint)": compile_ir(fp32_xml, "f32"),
-        "FP32 (default)": compile_ir(fp32_xml, "default"),
-        "keras_compress INT8": compile_ir(int8_xml, "default"),
-        "NNCF PTQ INT8": compile_ir(nncf_xml, "default"),
-    }
-    results = benchmark_models(models, batch_size=1, rounds=rounds)
-    base = results["FP32 (f32 hint)"]["latency_ms"]
-    default = results["FP32 (default)"]["latency_ms"]
-    rows = [
-        [
-            name,
-            label,
-            f"{r['latency_ms']:.2f}",
-            f"{base / r['latency_ms']:.2f}x",
-            f"{default / r['latency_ms']:.2f}x",
-            precision_summary(models[label]),
-        ]
-        for label, r in results.items()
-    ]
+    xmls = {"FP32": fp32_xml, "kc": int8_xml, "NNCF": nncf_xml}
+    figures = runtime_figures(xmls, calib[:1], rounds, iterations=20)
+    avx2 = runtime_figures_in_child(xmls, calib[:1], rounds, iterations=20, isa="AVX2")
+    ms = figures["latency_ms"]
+    base, default = ms["FP32 (f32)"], ms["FP32 (default)"]
+    labels = {"FP32": "FP32", "kc": "keras_compress INT8", "NNCF": "NNCF PTQ INT8"}
+    rows = []
+    for label, xml in xmls.items():
+        for hint in ("f32", "default") if label == "FP32" else ("default",):
+            compiled = compile_ir(xml, hint)
+            latency = ms[f"{label} ({hint})"]
+            ratio = "" if label != "kc" else (
+                f"{ratio_text(figures['ratios']['f32'])} / {ratio_text(figures['ratios']['default'])} / "
+                f"{ratio_text(avx2['ratios']['f32'])}"
+            )  # fmt: skip
+            standalone = figures["standalone"][label]
+            rows.append([
+                name, f"{labels[label]} ({hint})" if label == "FP32" else labels[label], f"{latency:.2f}",
+                f"{base / latency:.2f}x", f"{default / latency:.2f}x", precision_summary(compiled),
+                f"{standalone['FakeQuantize']}, {standalone['Reorder']}", ratio,
+            ])  # fmt: skip
     ratio, times = train_step_ratio(
         model, compressed,
         (rng.uniform(-1, 1, (train_batch, 224, 224, 3)).astype("float32"),
          rng.integers(0, 1000, (train_batch,))),
     )  # fmt: skip
-    kc_vs_nncf = results["NNCF PTQ INT8"]["latency_ms"] / results["keras_compress INT8"]["latency_ms"]
     extra = (
-        f"{name}: kc.compress {compress_s:.1f} s; keras_compress INT8 vs NNCF PTQ INT8: "
-        f"{kc_vs_nncf:.2f}x; QAT train step / FP32 train step (batch {train_batch}): "
+        f"{name}: kc.compress {compress_s:.1f} s; AVX2-capped standalone FakeQuantize/Reorder (kc/NNCF): "
+        f"{standalone_text(avx2)}; QAT train step / FP32 train step (batch {train_batch}): "
         f"{ratio:.2f}x ({times['qat'] * 1000:.0f} ms / {times['fp32'] * 1000:.0f} ms)"
     )
     return rows, extra
+
+
+#: Columns of `bench_application`'s rows.
+HEADER = ["model", "IR", "latency ms", "vs FP32 f32", "vs FP32 default", "runtime precision",
+          "standalone FQ, Reorder", "kc / NNCF: f32 hint / default / AVX2"]  # fmt: skip
 
 
 def digits_accuracy(workdir, epochs, seeds, config="int8.json"):
@@ -309,9 +316,7 @@ def main(argv=None):
         rows += r
         notes.append(note)
     print("## INT8 latency, batch 1 (median of interleaved runs)\n")
-    print(format_table(
-        ["model", "IR", "latency ms", "vs f32", "vs default", "runtime precision"], rows
-    ))  # fmt: skip
+    print(format_table(HEADER, rows))
     print()
     for note in notes:
         print(note)
