@@ -153,12 +153,14 @@ print("RESULT " + json.dumps(result))
 def run(quick=False, models=None, json_path=None):
     """Measures every family's smallest model, each in a fresh process; returns the Markdown table."""
     calib, rounds, iterations, size = (8, 3, 10, 224) if quick else (32, 7, 20, 224)
-    chosen = smallest_models()
+    if models:  # the named constructors, in the order given (no need to build every model to find them)
+        families = {name: (family, len(names)) for family, names in application_families().items() for name in names}
+        chosen = {families[name][0]: (name, None, families[name][1]) for name in models}
+    else:
+        chosen = smallest_models()
     results, failures = [], []
     workdir = Path(tempfile.mkdtemp(prefix="kc-coverage-"))
     for family, (name, params, count) in chosen.items():
-        if models and name not in models:
-            continue
         code = CHILD.format(here=str(HERE), name=name, family=family, size=max(size, MIN_SIZES.get(name, 32)),
                             calib=calib, rounds=rounds, iterations=iterations, workdir=str(workdir))  # fmt: skip
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -170,6 +172,8 @@ def run(quick=False, models=None, json_path=None):
         result.update(params=params, family_models=count)
         results.append(result)
         print(f"[coverage] {name}: done", file=sys.stderr, flush=True)
+        if json_path:  # after every model: a long run that is stopped keeps what it measured
+            Path(json_path).write_text(json.dumps({"results": results, "failures": failures}, indent=1))
     if json_path:
         Path(json_path).write_text(json.dumps({"results": results, "failures": failures}, indent=1))
     return table(results, failures)
