@@ -78,8 +78,8 @@ def measure(name, family, size, calib_count, rounds, iterations, workdir):
     import numpy as np
 
     import keras_compress as kc
-    from int8_speed import nncf_ptq
-    from keras_compress.benchmark import benchmark_models, compile_ir, compute_op_precisions
+    from int8_speed import nncf_ptq, realistic_biases, runtime_figures, runtime_figures_in_child
+    from keras_compress.benchmark import compile_ir, compute_op_precisions
     from keras_compress.bn_adaptation import adapt_batchnorm
 
     rng = np.random.default_rng(0)
@@ -87,6 +87,7 @@ def measure(name, family, size, calib_count, rounds, iterations, workdir):
     model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3), classifier_activation=None)
     images = module.preprocess_input(rng.uniform(0, 255, (calib_count + 8, size, size, 3)).astype("float32"))
     calib, test = images[:calib_count], images[calib_count:]
+    realistic_biases(model)
     adapt_batchnorm(model, np.array_split(calib, max(1, calib_count // 8)), calib_count, verbose=0)
     config = kc.load_config("int8")
     config.compression[0].initializer.range.num_init_samples = calib_count
@@ -100,12 +101,6 @@ def measure(name, family, size, calib_count, rounds, iterations, workdir):
     kc_xml = kc.export(compressed, workdir / f"{name}_kc")
     result["export_s"] = time.perf_counter() - start
     nncf_xml = nncf_ptq(fp32_xml, calib, workdir / f"{name}_nncf.xml")
-    compiled = {
-        "FP32 (f32)": compile_ir(fp32_xml, "f32"),
-        "FP32 (default)": compile_ir(fp32_xml, "default"),
-        "kc (default)": compile_ir(kc_xml, "default"),
-        "NNCF (default)": compile_ir(nncf_xml, "default"),
-    }
     for label, xml in (("kc", kc_xml), ("NNCF", nncf_xml)):
         counts = compute_op_precisions(compile_ir(xml, "f32"), xml)
         result[f"{label}_counts"] = {f"{t}:{p}": n for (t, p), n in sorted(counts.items())}
@@ -115,10 +110,9 @@ def measure(name, family, size, calib_count, rounds, iterations, workdir):
     got = np.concatenate([compile_ir(kc_xml, "f32")(test[i : i + 1])[0] for i in range(len(test))])
     result["agreement"] = float(np.abs(got - expected).max() / (np.abs(expected).max() + 1e-12))
     result["top1"] = float(np.mean(got.argmax(-1) == expected.argmax(-1)))
-    times = benchmark_models(compiled, rounds=rounds, iterations=iterations, inputs={k: test[:1] for k in compiled})
-    result["latency_ms"] = {k: v["latency_ms"] for k, v in times.items()}
-    ratio = np.array(times["kc (default)"]["rounds_ms"]) / np.array(times["NNCF (default)"]["rounds_ms"])
-    result["kc_vs_nncf"] = [float(np.median(ratio)), float(ratio.min()), float(ratio.max())]
+    xmls = {"FP32": fp32_xml, "kc": kc_xml, "NNCF": nncf_xml}
+    result["runtime"] = runtime_figures(xmls, test[:1], rounds, iterations)
+    result["runtime_avx2"] = runtime_figures_in_child(xmls, test[:1], rounds, iterations, isa="AVX2")
     result.update(prune_and_sparsify(model, calib[:4]))
     return result
 
@@ -159,12 +153,14 @@ print("RESULT " + json.dumps(result))
 def run(quick=False, models=None, json_path=None):
     """Measures every family's smallest model, each in a fresh process; returns the Markdown table."""
     calib, rounds, iterations, size = (8, 3, 10, 224) if quick else (32, 7, 20, 224)
-    chosen = smallest_models()
+    if models:  # the named constructors, in the order given (no need to build every model to find them)
+        families = {name: (family, len(names)) for family, names in application_families().items() for name in names}
+        chosen = {families[name][0]: (name, None, families[name][1]) for name in models}
+    else:
+        chosen = smallest_models()
     results, failures = [], []
     workdir = Path(tempfile.mkdtemp(prefix="kc-coverage-"))
     for family, (name, params, count) in chosen.items():
-        if models and name not in models:
-            continue
         code = CHILD.format(here=str(HERE), name=name, family=family, size=max(size, MIN_SIZES.get(name, 32)),
                             calib=calib, rounds=rounds, iterations=iterations, workdir=str(workdir))  # fmt: skip
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -176,30 +172,40 @@ def run(quick=False, models=None, json_path=None):
         result.update(params=params, family_models=count)
         results.append(result)
         print(f"[coverage] {name}: done", file=sys.stderr, flush=True)
+        if json_path:  # after every model: a long run that is stopped keeps what it measured
+            Path(json_path).write_text(json.dumps({"results": results, "failures": failures}, indent=1))
     if json_path:
         Path(json_path).write_text(json.dumps({"results": results, "failures": failures}, indent=1))
     return table(results, failures)
 
 
 HEADER = ["family (models)", "smallest model", "kc.compress s", "u8/i8 Conv+FC+MatMul (NNCF)", "IR vs Keras",
-          "INT8 ms", "vs FP32 f32", "vs FP32 default", "kc / NNCF PTQ", "pruning: FLOPs left", "sparsity"]  # fmt: skip
+          "INT8 ms", "vs FP32 f32", "vs FP32 default", "pruning: FLOPs left", "sparsity"]  # fmt: skip
+SPEED_HEADER = ["smallest model", "kc / NNCF f32 hint", "kc / NNCF default", "standalone FQ, Reorder (kc/NNCF)",
+                "AVX2: kc / NNCF", "AVX2: standalone (kc/NNCF)", "AVX2 kernels"]  # fmt: skip
 
 
 def table(results, failures):
-    """The Markdown table and the notes (what was left in float or unpruned, and why)."""
+    """The Markdown tables (coverage; keras_compress vs NNCF PTQ on both instruction sets) and the notes
+    (what was left in float or unpruned, and why)."""
+    from int8_speed import ratio_text, standalone_text
     from report import md_table
 
-    rows, notes = [], []
+    rows, speed, notes = [], [], []
     for r in results:
-        ms = r["latency_ms"]
+        native, avx2 = r["runtime"], r["runtime_avx2"]
+        ms = native["latency_ms"]
         kc_ms = ms["kc (default)"]
-        median, low, high = r["kc_vs_nncf"]
         rows.append([
             f"{r['family']} ({r['family_models']})", r["model"], f"{r['compress_s']:.1f}",
             f"{r['kc_int8']}/{r['kc_ops']} ({r['NNCF_int8']}/{r['NNCF_ops']})",
             f"{r['agreement']:.3f}, top-1 {r['top1']:.0%}", f"{kc_ms:.2f}",
             f"{ms['FP32 (f32)'] / kc_ms:.2f}x", f"{ms['FP32 (default)'] / kc_ms:.2f}x",
-            f"{median:.2f} ({low:.2f}..{high:.2f})", f"{r['flops_ratio']:.0%}", f"{r['sparsity']:.0%}",
+            f"{r['flops_ratio']:.0%}", f"{r['sparsity']:.0%}",
+        ])  # fmt: skip
+        speed.append([
+            r["model"], ratio_text(native["ratios"]["f32"]), ratio_text(native["ratios"]["default"]),
+            standalone_text(native), ratio_text(avx2["ratios"]["f32"]), standalone_text(avx2), "+".join(avx2["isa"]),
         ])  # fmt: skip
         float_ops = [f"{k} {n}" for k, n in r["kc_counts"].items() if not k.endswith(("u8", "i8"))]
         if float_ops:
@@ -214,7 +220,20 @@ def table(results, failures):
                          + "; ".join(f"{n} x {reason}" for reason, n in list(r["pruning_left"].items())[:4]))  # fmt: skip
     for name, code, err in failures:
         notes.append(f"{name}: FAILED (exit {code}): {err.strip().splitlines()[-1] if err.strip() else ''}")
-    return "\n".join([md_table(HEADER, rows), "", *[f"- {note}" for note in notes]])
+    worst = {label: max((r[key]["ratios"][hint][0] for r in results), default=float("nan"))
+             for label, key, hint in (("f32 hint", "runtime", "f32"), ("default", "runtime", "default"),
+                                      ("AVX2", "runtime_avx2", "f32"))}  # fmt: skip
+    return "\n".join([
+        md_table(HEADER, rows), "", *[f"- {note}" for note in notes], "",
+        "keras_compress INT8 latency over NNCF PTQ INT8 latency, batch 1: median (min..max) of the per-round "
+        "ratios of interleaved rounds, with the CPU plugin's INFERENCE_PRECISION_HINT=f32 and its default, on "
+        "this CPU, and with the plugin capped to AVX2 kernels (`ONEDNN_MAX_CPU_ISA=AVX2`, in a process of its "
+        "own, f32 hint: an AVX2 CPU's default; the last column names the instruction sets of the int8 "
+        "kernels). Standalone FakeQuantize and Reorder ops are counted in the runtime graph: keras_compress / NNCF.",
+        "",
+        md_table(SPEED_HEADER, speed), "",
+        "Largest median kc / NNCF ratio over the families: " + ", ".join(f"{k} {v:.2f}" for k, v in worst.items()),
+    ])  # fmt: skip
 
 
 def main(argv=None):

@@ -6,6 +6,8 @@ Sections (each runs in its own subprocess, so one's memory and threads do not bl
 the next; `--sections` reruns those and keeps the page's other sections as they were measured):
   tfmot         keras_compress QAT (Keras 3) vs tfmot QAT (tf_keras): accuracy, train-step
                 overhead, INT8 IR latency (benchmarks/tfmot_compare.py)
+  qat           QAT / FP32 train-step ratios of keras_compress and tfmot on ResNet50, MobileNetV2 and a
+                BERT-style encoder, batch 8 and 32 (benchmarks/qat_overhead.py)
   int8          INT8 vs FP32 (f32 hint and default) vs NNCF post-training INT8 for ResNet50,
                 MobileNetV2, EfficientNetB0, and digits accuracy (benchmarks/int8_speed.py)
   transformers  BERT- and ViT-style models: int8 share, latency vs NNCF PTQ (TRANSFORMER preset),
@@ -40,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from report import ROOT, git_commit, machine_markdown, md_table  # noqa: E402
 
-SECTIONS = ("tfmot", "int8", "transformers", "coverage", "pruning", "sparsity", "memory", "subclassed", "backends")
+SECTIONS = ("tfmot", "qat", "int8", "transformers", "coverage", "pruning", "sparsity", "memory", "subclassed", "backends")
 APPLICATIONS = ("ResNet50", "MobileNetV2", "EfficientNetB0")
 
 
@@ -87,7 +89,12 @@ def section_int8(quick):
             "`INFERENCE_PRECISION_HINT=f32` and with the CPU plugin's default precision (bf16 "
             "where the CPU has AVX512-BF16).",
             "",
-            md_table(["model", "IR", "latency ms", "vs FP32 f32", "vs FP32 default", "runtime precision"], rows),
+            md_table(int8_speed.HEADER, rows),
+            "",
+            "Standalone FQ, Reorder: FakeQuantize and Reorder ops left on their own in the runtime graph (default "
+            "hint). kc / NNCF: keras_compress INT8 latency over NNCF PTQ INT8 latency, median (min..max) of the "
+            "per-round ratios, with the f32 hint, the default hint, and with the CPU plugin capped to AVX2 "
+            "kernels (`ONEDNN_MAX_CPU_ISA=AVX2`, f32 hint, in a process of its own).",
             "",
             *[f"- {note}" for note in notes],
             "",
@@ -257,6 +264,7 @@ def section_memory(quick):
 
 TITLES = {
     "tfmot": "keras_compress vs tfmot: QAT on the same models",
+    "qat": "QAT training-step cost: keras_compress and tfmot",
     "int8": "INT8 vs FP32 vs NNCF post-training quantization in OpenVINO",
     "transformers": "Transformers: INT8 share, latency and accuracy vs NNCF post-training quantization",
     "coverage": "Coverage: every keras.applications family",
@@ -267,8 +275,8 @@ TITLES = {
     "backends": "Keras backends: TensorFlow, JAX, PyTorch",
 }
 #: Sections that are the output of a benchmark script: section -> script name.
-SCRIPTS = {"pruning": "pruning_speed", "transformers": "transformers", "coverage": "coverage", "subclassed": "subclassed",
-           "backends": "backends"}
+SCRIPTS = {"qat": "qat_overhead", "pruning": "pruning_speed", "transformers": "transformers", "coverage": "coverage",
+           "subclassed": "subclassed", "backends": "backends"}
 FUNCTIONS = {
     "tfmot": section_tfmot,
     "int8": section_int8,

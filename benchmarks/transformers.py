@@ -44,7 +44,7 @@ from keras_compress.benchmark import benchmark_models, compile_ir, compute_op_pr
 from keras_compress.statistics import format_table  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from int8_speed import nncf_ptq  # noqa: E402
+from int8_speed import nncf_ptq, ratio_text, runtime_figures_in_child, standalone_text  # noqa: E402
 
 
 
@@ -150,6 +150,8 @@ def bench_model(name, model, workdir, calib_count, rounds, iterations):
             times[f"NNCF PTQ INT8 ({hint})"]["rounds_ms"]
         )
         result["ratios"][hint] = [float(np.median(per_round)), float(per_round.min()), float(per_round.max())]
+    xmls = {"FP32": fp32_xml, "kc": kc_xml, "NNCF": nncf_xml}
+    result["avx2"] = runtime_figures_in_child(xmls, one, rounds, iterations, isa="AVX2")
     return result
 
 
@@ -203,11 +205,12 @@ def tables(results, scores):
         for label in ("FP32", "keras_compress INT8", "NNCF PTQ INT8"):
             share = r["shares"][label]
             f32, default = r["latency"][f"{label} (f32)"], r["latency"][f"{label} (default)"]
-            vs = ""
+            vs, avx2 = "", ""
             if label == "keras_compress INT8":
-                (m32, lo32, hi32), (md, lod, hid) = r["ratios"]["f32"], r["ratios"]["default"]
-                vs = f"{m32:.2f} ({lo32:.2f}..{hi32:.2f}) / {md:.2f} ({lod:.2f}..{hid:.2f})"
-            rows.append([r["model"], label, f"{share['int8']}/{share['total']}", f"{f32:.3f}", f"{default:.3f}", vs])
+                vs = f"{ratio_text(r['ratios']['f32'])} / {ratio_text(r['ratios']['default'])}"
+                avx2 = f"{ratio_text(r['avx2']['ratios']['f32'])}; {standalone_text(r['avx2'])}"
+            rows.append([r["model"], label, f"{share['int8']}/{share['total']}", f"{f32:.3f}", f"{default:.3f}", vs,
+                         avx2])  # fmt: skip
     fp32 = np.mean(next(iter(scores.values())))
     accuracy = [
         [label, f"{np.mean(v):.4f}", f"{np.min(v):.4f}..{np.max(v):.4f}",
@@ -218,7 +221,8 @@ def tables(results, scores):
 
 
 LATENCY_HEADER = ["model", "IR", "u8/i8 MatMul+FC+Conv", "ms (f32 hint)", "ms (default)",
-                  "keras_compress / NNCF, median (min..max of rounds): f32 / default"]  # fmt: skip
+                  "keras_compress / NNCF, median (min..max of rounds): f32 / default",
+                  "AVX2: keras_compress / NNCF; standalone FQ, Reorder (kc/NNCF)"]  # fmt: skip
 ACCURACY_HEADER = ["IR", "mean accuracy", "min..max", "vs FP32 (points)"]
 
 

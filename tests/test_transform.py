@@ -519,8 +519,12 @@ def test_two_input_model_quantizes_each_input_and_unifies_the_concat_inputs():
     assert graph["concat"] == [["concat_inputs_quantizer", "concat_inputs_quantizer"]]
     assert graph["concat_inputs_quantizer"] == [["gap"], ["vec_dense"]]
     assert graph["gap"] == [["conv_quantizer"]] and graph["conv_quantizer"] == [["conv"]]  # pooling input
-    assert graph["out1"] == [["concat_quantizer"]] and graph["out2"] == [["vec_dense_quantizer"]]
-    assert sum(t is kc.FakeQuantize for t in layer_types(compressed).values()) == 6
+    # The concatenation of quantized inputs is on their shared grid: `out1` reads it as it is. `vec_dense`'s
+    # output has one quantizer (the concatenation's), which `out2` reads too: one quantizer per tensor.
+    assert graph["out1"] == [["concat"]] and graph["out2"] == [["concat_inputs_quantizer"]]
+    out2_args = [a for a in compressed.get_config()["layers"] if a["name"] == "out2"][0]["inbound_nodes"][0]["args"]
+    assert out2_args[0]["config"]["keras_history"][1] == 1  # the quantizer's call on vec_dense
+    assert sum(t is kc.FakeQuantize for t in layer_types(compressed).values()) == 4
     assert len(compressed.outputs) == 2
 
 
