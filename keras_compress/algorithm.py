@@ -53,6 +53,8 @@ class CompressionAlgorithm:
     layer_types = ()
     #: Whether its wrappers go around the others' (quantization: it sees the weights they mask).
     wraps_outermost = False
+    #: Whether its schedule moves every optimizer step (`on_train_batch_begin` needs the step then).
+    per_step = False
     #: Whether accuracy-aware training can move its level (`target_level`, `set_level`). The config's
     #: `adaptive_compression_level` mode accepts the algorithms that can (tests tie the two lists).
     adaptive = False
