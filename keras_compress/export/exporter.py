@@ -59,8 +59,8 @@ def export(model, path, format="openvino", compress_to_fp16=False):
         The `Path` of the `.xml` (OpenVINO) or of the SavedModel directory.
 
     Raises:
-        ValueError: for an unknown `format`.
-        TypeError: when `model` is not a `keras.Model`.
+        ValueError: for an unknown `format`, and a `path` that names no file or folder (`""`, `"."`).
+        TypeError: when `model` is not a `keras.Model`, `path` not a path or `compress_to_fp16` not a bool.
         IsADirectoryError, NotADirectoryError, FileExistsError: for a target that exists as the
             wrong kind of thing (see above), before any work.
         OSError: when the target's folder cannot be created or written.
@@ -73,11 +73,20 @@ def export(model, path, format="openvino", compress_to_fp16=False):
     """
     if format not in FORMATS:
         raise ValueError(f"`format` must be one of {FORMATS}. Received: format={format!r}")
+    if not isinstance(compress_to_fp16, bool):
+        raise TypeError(f"`compress_to_fp16` must be True or False. Received: compress_to_fp16={compress_to_fp16!r}")
     import keras
 
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model. Received: {type(model).__name__}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a str or an os.PathLike. Received: path={path!r}")
     target = Path(path)
+    if target.name in ("", ".", ".."):
+        raise ValueError(
+            f"`path` must name the {'IR file' if format == 'openvino' else 'SavedModel folder'} to write "
+            f"(`out/model`). Received: path={os.fspath(path)!r}, which names no file or folder."
+        )
     if format == "openvino":
         parent = check_ir_target(target).parent
     else:
