@@ -1,23 +1,17 @@
 """MultiHeadAttention: reproduced with public ops, quantized where OpenVINO runs it in int8, saved, loaded,
 stripped and exported."""
 
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import keras
+import numpy as np
+import pytest
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import keras_compress as kc  # noqa: E402
-from helpers import quantization_config  # noqa: E402
-from keras_compress.benchmark import compile_ir, compute_op_precisions, runtime_precisions  # noqa: E402
-from keras_compress.graph import iter_layers  # noqa: E402
-from keras_compress.quantization.attention import attention_equations  # noqa: E402
+import keras_compress as kc
+from helpers import int8_counts, propagated_step, quantization_config, run_program
+from keras_compress.benchmark import compile_ir, compute_op_precisions, runtime_precisions
+from keras_compress.graph import iter_layers
+from keras_compress.quantization.attention import attention_equations
 
 L = keras.layers
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +80,7 @@ def attention_model():
     return keras.Model(inputs, L.Dense(4, name="head")(L.GlobalAveragePooling1D(name="pool")(x)), name="block")
 
 
+@pytest.mark.openvino
 def test_multi_head_attention_is_quantized_and_runs_int8_in_openvino(tmp_path):
     keras.utils.set_random_seed(0)
     model = attention_model()
@@ -113,16 +108,20 @@ def test_multi_head_attention_is_quantized_and_runs_int8_in_openvino(tmp_path):
     xml = kc.export(compressed, tmp_path / "block")
     compiled = compile_ir(xml, "f32")
     counts = compute_op_precisions(compiled, xml)
-    # Four projections and two Dense layers, and both attention matmuls (fused into OpenVINO's MHA kernel).
-    assert counts == {("FullyConnected", "i8"): 6, ("MatMul", "i8"): 2}, counts
-    # Without the fused kernel the two attention matmuls are plain MatMul ops: i8 (Q K^T) and u8 (P V).
+    # Four projections and two Dense layers, and both attention matmuls (fused into OpenVINO's MHA kernel), in
+    # int8: u8 or i8 by the CPU (on AVX512-VNNI both matmuls run i8, on AVX2 P V runs u8).
+    assert int8_counts(counts) == {("FullyConnected", "int8"): 6, ("MatMul", "int8"): 2}, counts
+    # Without the fused kernel the two attention matmuls are plain MatMul ops, in int8 as well.
     import openvino as ov
 
     plain = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "SNIPPETS_MODE": "DISABLE"})
-    assert runtime_precisions(plain, ("MatMul",)) == {("MatMul", "i8"): 1, ("MatMul", "u8"): 1}
+    assert int8_counts(runtime_precisions(plain, ("MatMul",))) == {("MatMul", "int8"): 2}
     got = compiled(x[:8])[0]
     expected = compressed.predict(x[:8], verbose=0)
-    assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()
+    # Within two steps of the head's input quantizer, propagated through the head.
+    step = propagated_step(compressed.get_layer("pool_quantizer"), compressed.get_layer("head").layer.kernel)
+    print("ATT", np.abs(got - expected).max() / step, step, runtime_precisions(plain, ("MatMul",)), counts)
+    assert np.abs(got - expected).max() < 2 * step, (np.abs(got - expected).max(), step)
 
 
 def test_quantized_attention_trains_saves_loads_in_a_new_process_and_strips(tmp_path):
@@ -142,15 +141,7 @@ def test_quantized_attention_trains_saves_loads_in_a_new_process_and_strips(tmp_
     compressed.save(path)
     expected = compressed.predict(x[:4], verbose=0)
     np.save(tmp_path / "x.npy", x[:4])
-    code = f"""
-        import numpy as np, keras, keras_compress
-        model = keras.saving.load_model({str(path)!r})
-        print(float(np.abs(model.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0)).sum()))
-    """
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
-                            timeout=600)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_program("load_and_predict.py", path, tmp_path / "x.npy")
     assert float(result.stdout.split()[-1]) == pytest.approx(float(np.abs(expected).sum()), rel=1e-5)
 
     stripped = ctrl.strip()

@@ -1,0 +1,37 @@
+"""The instruction set OpenVINO's int8 kernels use can be capped at AVX2, so that CI runs the OpenVINO tests as
+on a CPU without AVX512-VNNI: `ONEDNN_MAX_CPU_ISA=AVX2` in the environment (.ci/run, README "Tests").
+
+oneDNN, inside OpenVINO's CPU plugin, reads the variable once, when the plugin first picks a kernel; setting it
+later in the process changes nothing, so it must be in the process's environment from the start. It caps the
+oneDNN kernels (Convolution, FullyConnected, MatMul, Pooling: where int8 arithmetic happens); the plugin's own
+JIT kernels (FakeQuantize, Eltwise, Reduce) and its choices that depend on the CPU (bf16 as the default inference
+precision, weight-compressed FullyConnected) follow the real CPU in release builds.
+"""
+
+import os
+import re
+
+import pytest
+
+from helpers import int8_kernels, results_of, run_program
+
+#: Instruction sets above AVX2 in oneDNN's kernel names (`brgconv_avx512_amx_I8`, `jit_avx512_core_vnni`).
+ABOVE_AVX2 = re.compile(r"avx512|amx|avx2_vnni|avx_vnni", re.IGNORECASE)
+
+
+def assert_capped_at_avx2(kernels):
+    names = [name for names in kernels.values() for name in names]
+    assert kernels.keys() >= {"Convolution", "FullyConnected", "Pooling"}, kernels
+    assert not [name for name in names if ABOVE_AVX2.search(name)], kernels
+    # The JIT kernels name their instruction set: AVX2, or less on a CPU without it.
+    assert all(re.search(r"avx2|avx|sse41", name) for name in kernels["Convolution"] + kernels["Pooling"]), kernels
+
+
+@pytest.mark.openvino
+def test_onednn_max_cpu_isa_caps_the_int8_kernels_at_avx2():
+    # In a new process, whatever the CPU: the variable takes effect (on this AVX512/AMX machine the same network
+    # runs brgconv_avx512_amx_I8 and brgemm_avx512_amx_I8 without it).
+    assert_capped_at_avx2(results_of(run_program("int8_kernels.py", env={"ONEDNN_MAX_CPU_ISA": "AVX2"}).stdout))
+    # In this process, when the test suite runs under the cap (.ci/run's AVX2 set): every test here is capped.
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() == "AVX2":
+        assert_capped_at_avx2(int8_kernels())
