@@ -51,7 +51,7 @@ def test_the_smallest_model_of_every_family_compresses_trains_strips_and_exports
     models = sorted(set(SMALLEST.values()))
     # CI=true: no OpenVINO telemetry (2-4 s per converter process).
     result = run_program("applications_families.py", json.dumps(models), ",".join(EXPORTED), env={"CI": "true"},
-                         timeout=900)  # fmt: skip
+                         timeout=1800)  # fmt: skip
     results = {r["model"]: r for r in (json.loads(line[7:]) for line in result.stdout.splitlines()
                                       if line.startswith("RESULT "))}  # fmt: skip
     assert set(results) == {name for name, _ in models}

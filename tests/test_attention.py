@@ -85,7 +85,9 @@ def test_multi_head_attention_is_quantized_and_runs_int8_in_openvino(tmp_path):
     keras.utils.set_random_seed(0)
     model = attention_model()
     x = np.random.default_rng(0).normal(size=(32, 16, 32)).astype("float32")
-    compressed, ctrl = kc.compress(model, quantization_config(), dataset=x)
+    # The overflow fix (the default; off in the helper): the int8 kernels of CPUs without VNNI keep 7 bits of
+    # each weight, so only with it does the IR compute what Keras does on every x86 CPU (see the end).
+    compressed, ctrl = kc.compress(model, quantization_config(overflow_fix="enable"), dataset=x)
     wrapper = compressed.get_layer("attention")
     assert isinstance(wrapper, kc.AttentionQuantizeWrapper)
     # The kernels have one range per output unit: (C, heads, key_dim) for q/k/v, (heads, key_dim, C) for output.
@@ -118,10 +120,10 @@ def test_multi_head_attention_is_quantized_and_runs_int8_in_openvino(tmp_path):
     assert int8_counts(runtime_precisions(plain, ("MatMul",))) == {("MatMul", "int8"): 2}
     got = compiled(x[:8])[0]
     expected = compressed.predict(x[:8], verbose=0)
-    # Within two steps of the head's input quantizer, propagated through the head.
+    # Within one step of the head's input quantizer, propagated through the head (measured: 0.12 of it on
+    # AVX512-VNNI/AMX, 0.06 with the kernels capped at AVX2; without the overflow fix 3.7 there).
     step = propagated_step(compressed.get_layer("pool_quantizer"), compressed.get_layer("head").layer.kernel)
-    print("ATT", np.abs(got - expected).max() / step, step, runtime_precisions(plain, ("MatMul",)), counts)
-    assert np.abs(got - expected).max() < 2 * step, (np.abs(got - expected).max(), step)
+    assert np.abs(got - expected).max() < step, (np.abs(got - expected).max(), step)
 
 
 def test_quantized_attention_trains_saves_loads_in_a_new_process_and_strips(tmp_path):

@@ -1,11 +1,14 @@
 """The instruction set OpenVINO's int8 kernels use can be capped at AVX2, so that CI runs the OpenVINO tests as
 on a CPU without AVX512-VNNI: `ONEDNN_MAX_CPU_ISA=AVX2` in the environment (.ci/run, README "Tests").
 
-oneDNN, inside OpenVINO's CPU plugin, reads the variable once, when the plugin first picks a kernel; setting it
-later in the process changes nothing, so it must be in the process's environment from the start. It caps the
-oneDNN kernels (Convolution, FullyConnected, MatMul, Pooling: where int8 arithmetic happens); the plugin's own
-JIT kernels (FakeQuantize, Eltwise, Reduce) and its choices that depend on the CPU (bf16 as the default inference
-precision, weight-compressed FullyConnected) follow the real CPU in release builds.
+oneDNN, inside OpenVINO's CPU plugin, reads the variable once, when the plugin first picks a kernel (measured:
+set after a first compile in the same process, it changed nothing), so it must be in the process's environment
+from the start. It caps the oneDNN kernels (Convolution, FullyConnected, MatMul, Pooling: where int8 arithmetic
+happens). The plugin's own JIT kernels (FakeQuantize, Eltwise, Reduce) and its choices that depend on the CPU
+follow the real CPU in release builds (its debug builds read OV_CPU_MAX_ISA too); of those choices, bf16 as the
+default inference precision and quantizing the float inputs of a FullyConnected with int8 weights on the fly
+would ask the capped oneDNN for kernels it does not have, so under the cap conftest.py compiles for the CPU with
+the values an AVX2 CPU gets (f32, no dynamic quantization).
 """
 
 import os
@@ -34,4 +37,7 @@ def test_onednn_max_cpu_isa_caps_the_int8_kernels_at_avx2():
     assert_capped_at_avx2(results_of(run_program("int8_kernels.py", env={"ONEDNN_MAX_CPU_ISA": "AVX2"}).stdout))
     # In this process, when the test suite runs under the cap (.ci/run's AVX2 set): every test here is capped.
     if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() == "AVX2":
+        import openvino
+
         assert_capped_at_avx2(int8_kernels())
+        assert openvino.Core.compile_model.__name__ == "compile_as_on_avx2"  # conftest.py's AVX2 choices

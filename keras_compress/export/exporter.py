@@ -44,9 +44,10 @@ def export(model, path, format="openvino", compress_to_fp16=False):
       or a folder with other files is an error.
 
     Wrong targets are refused before any work. The export is written into a temporary folder
-    next to the target (`.kc-export-<pid>-...`), removed afterwards whatever happened; one that
-    a killed export left behind is removed by the next export to the same folder. The
-    SavedModel -> IR conversion runs in a separate process (see `convert_saved_model`).
+    next to the target (`.kc-export-<pid>-...`), removed afterwards whatever happened, also when
+    the process exits or is ended by SIGTERM/SIGHUP during the export; one that a killed (SIGKILL)
+    export left behind is removed by the next export to the same folder. The SavedModel -> IR
+    conversion runs in a separate process (see `convert_saved_model`).
 
     Args:
         model: a `keras.Model` (compressed by `kc.compress`, or plain).
