@@ -40,8 +40,9 @@ def load_config(source: str | os.PathLike | dict | CompressionConfig) -> Compres
 
     Args:
         source: the name of a packaged config (`"int8"`, see `list_configs()`), a path to a JSON
-            file, a dict, a JSON string (a str starting with `{` or `[`), or a
-            `CompressionConfig` (returned as it is). A file at that path wins over a packaged
+            file, a dict (NumPy scalars in it are read as the Python values they hold), a JSON
+            string (a str starting with `{` or `[`, after whitespace or a UTF-8 byte order mark),
+            or a `CompressionConfig` (returned as it is). A file at that path wins over a packaged
             config of the same name.
 
     Returns:
