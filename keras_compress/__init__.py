@@ -52,13 +52,17 @@ _PUBLIC = {
     "MovementSparsityWrapper": "keras_compress.sparsity",
     "RBSparsityWrapper": "keras_compress.sparsity",
     "CompressionStatistics": "keras_compress.statistics",
-    "CompressedModel": "keras_compress.subclassed",
+    "CompressedLayer": "keras_compress.compressed",
+    "CompressedModel": "keras_compress.compressed",
+    "CompressionLayer": "keras_compress.base_layer",
     "WeightsWrapper": "keras_compress.wrapper",
 }
 
 __all__ = [
     "AttentionQuantizeWrapper",
+    "CompressedLayer",
     "CompressedModel",
+    "CompressionLayer",
     "CompressionConfig",
     "CompressionController",
     "CompressionStatistics",
@@ -101,5 +105,7 @@ if os.environ.get(LIGHT_IMPORT_ENV) != "1":
     from keras_compress.quantization import AttentionQuantizeWrapper, FakeQuantize, QuantizeWrapper
     from keras_compress.sparsity import MagnitudeSparsityWrapper, MovementSparsityWrapper, RBSparsityWrapper
     from keras_compress.statistics import CompressionStatistics
-    from keras_compress.subclassed import CompressedModel
+    from keras_compress.compressed import CompressedLayer, CompressedModel
+    import keras_compress.transform  # noqa: F401 - loading a compressed layer replays its record with it
+    from keras_compress.base_layer import CompressionLayer
     from keras_compress.wrapper import WeightsWrapper

@@ -19,6 +19,7 @@ __all__ = [
     "compressible_spec",
     "attention_reason",
     "call_with_weights",
+    "register_compressible",
     "weight_channel_axes",
 ]
 
@@ -111,6 +112,25 @@ def _embedding(layer, inputs, w):
     return ops.cast(ops.take(w["embeddings"], inputs, axis=0), layer.compute_dtype)
 
 
+def _reversible_embedding(layer, inputs, w, reverse=False):
+    """KerasHub's `ReversibleEmbedding`: a lookup, or with `reverse=True` the logits of the language
+    model head (a matmul with the transposed embeddings, or with `reverse_embeddings` when untied)."""
+    if not reverse:
+        return _embedding(layer, inputs, w)
+    kernel = ops.transpose(w["embeddings"]) if layer.tie_weights else w["reverse_embeddings"]
+    if layer.reverse_dtype is not None:
+        inputs, kernel = ops.cast(inputs, layer.reverse_dtype), ops.cast(kernel, layer.reverse_dtype)
+    logits = ops.matmul(inputs, kernel)
+    if layer.logit_soft_cap is not None:
+        logits = ops.multiply(ops.tanh(ops.divide(logits, layer.logit_soft_cap)), layer.logit_soft_cap)
+    return logits
+
+
+def _declared_call(layer, inputs, w, *args, **kwargs):
+    """A layer that opts in computes with the weights it is given (`call_with_weights`)."""
+    return layer.call_with_weights(inputs, w, *args, **kwargs)
+
+
 class CompressibleLayerSpec:
     """How one Keras layer class exposes its compressible weights.
 
@@ -122,8 +142,10 @@ class CompressibleLayerSpec:
         call: function `(layer, inputs, weights_dict) -> outputs` that reproduces
             the layer's `call` with the given weight tensors.
         kind: "conv", "depthwise", "separable", "conv_transpose", "dense",
-            "einsum_dense", "embedding" or "attention" (MultiHeadAttention: its weights are the
-            kernels of its four projections, and only a dedicated wrapper calls it).
+            "einsum_dense", "embedding", "reversible_embedding" (a lookup whose transpose is a
+            language model head), "custom" (a layer that opts in, see `compressible_spec`) or
+            "attention" (MultiHeadAttention: its weights are the kernels of its four projections,
+            and only a dedicated wrapper calls it).
     """
 
     def __init__(self, layer_class, weights, channel_axes, call, kind):
@@ -173,16 +195,98 @@ UNCOMPRESSED_BY_DESIGN = (
 COMPRESSIBLE_LAYERS = {spec.layer_class: spec for spec in _SPECS}
 
 
+def _reversible_weights(layer):
+    """The embeddings, quantized per vocabulary row (the output units of the head); an untied head's own kernel."""
+    return {"embeddings": 0, **({} if layer.tie_weights else {"reverse_embeddings": -1})}
+
+#: Layers of other libraries, by their public import path, with what `register_compressible` takes:
+#: registered on first use when that library has been imported (keras_compress does not import it).
+_LIBRARY_LAYERS = {
+    # KerasHub's own before Keras 3.12 had one (since then a subclass of Keras').
+    "keras_hub.layers.ReversibleEmbedding": (_reversible_weights, _reversible_embedding, "reversible_embedding"),
+}
+
+
+def register_compressible(layer_class, weights, call, kind="custom"):
+    """Makes a layer class compressible: its weights are quantized, sparsified, ... by every algorithm.
+
+    For a class you cannot change (a library's). A class of your own can instead define the two
+    methods of the opt-in protocol (see `compressible_spec`).
+
+    Args:
+        layer_class: the Keras layer class (its subclasses that keep its `call` are included).
+        weights: `{weight attribute: output-channel axis}` of the weights to compress, or a function of
+            a layer returning it (when it depends on the layer's config); the axis indexes what a
+            per-channel quantizer keeps one range for (the output units).
+        call: `(layer, inputs, weights, *args, **kwargs) -> outputs`: the layer's computation with
+            `weights` (a dict of tensors) in place of its own; other arguments are the call's.
+        kind: "custom", or a built-in kind whose rules the layer follows (see `CompressibleLayerSpec`).
+
+    Example:
+        ```python
+        kc.register_compressible(MyDense, {"kernel": -1},
+                                 lambda layer, x, w: keras.ops.matmul(x, w["kernel"]) + layer.bias)
+        ```
+    """
+    COMPRESSIBLE_LAYERS[layer_class] = _DynamicSpec(layer_class, weights, call, kind)
+
+
+class _DynamicSpec(CompressibleLayerSpec):
+    """A spec whose weights may depend on the layer (`register_compressible`, the opt-in protocol)."""
+
+    def __init__(self, layer_class, weights, call, kind):
+        self.layer_class, self.call, self.kind = layer_class, call, kind
+        self._weights = weights
+        self.weights, self.channel_axes = (), {}
+
+    def of(self, layer):
+        weights = self._weights(layer) if callable(self._weights) else self._weights
+        spec = CompressibleLayerSpec(self.layer_class, list(weights), list(weights.values()), self.call, self.kind)
+        return spec
+
+
+if hasattr(keras.layers, "ReversibleEmbedding"):
+    register_compressible(keras.layers.ReversibleEmbedding, _reversible_weights, _reversible_embedding,
+                          "reversible_embedding")  # fmt: skip
+
+
+def _register_library_layers():
+    import sys
+
+    for path, (weights, call, kind) in list(_LIBRARY_LAYERS.items()):
+        module, name = path.rsplit(".", 1)
+        if module.split(".")[0] in sys.modules:
+            library = __import__(module, fromlist=[name])
+            register_compressible(getattr(library, name), weights, call, kind)
+            del _LIBRARY_LAYERS[path]
+
+
 def compressible_spec(layer):
     """Returns the `CompressibleLayerSpec` of `layer`, or None when it is not supported.
 
     A subclass of a supported class counts only when it does not override `call`
     (its computation would otherwise differ from what the wrapper reproduces).
+
+    A layer of the user's that does its own math with its own weights opts in with two methods:
+    `compressible_weights()` returns `{weight attribute: output-channel axis}`, and
+    `call_with_weights(inputs, weights, *args, **kwargs)` computes the layer's output with the given
+    weight tensors (its `call` then is `return self.call_with_weights(inputs, {"kernel": self.kernel})`).
+    Its weights are then quantized per output channel, sparsified and mixed-precision'ed like a
+    Dense layer's (filter pruning leaves it: its channel layout is its own).
     """
+    if callable(getattr(type(layer), "compressible_weights", None)) and callable(
+        getattr(type(layer), "call_with_weights", None)
+    ):
+        weights = layer.compressible_weights()
+        return CompressibleLayerSpec(type(layer), list(weights), list(weights.values()), _declared_call, "custom")
+    if _LIBRARY_LAYERS:
+        _register_library_layers()
     for cls in type(layer).__mro__:
         spec = COMPRESSIBLE_LAYERS.get(cls)
         if spec is not None:
-            return spec if type(layer).call is cls.call else None
+            if type(layer).call is not cls.call:
+                return None
+            return spec.of(layer) if isinstance(spec, _DynamicSpec) else spec
     return None
 
 
@@ -247,10 +351,21 @@ def unsupported_reason(layer):
     for cls in type(layer).__mro__:
         if cls in COMPRESSIBLE_LAYERS:
             return f"subclass of {cls.__name__} that overrides call()"
+    if is_own_math(layer):
+        return (
+            f"layer type {type(layer).__name__} computes with weights of its own: it runs in float "
+            "(opt it in with `compressible_weights()` and `call_with_weights()`, see docs/custom_layers.md)"
+        )
     return f"layer type {type(layer).__name__} is not supported"
 
 
-def call_with_weights(layer, inputs, weights, hooks=None):
+def is_own_math(layer):
+    """Whether a layer not of Keras' own does its math with weights it created (`add_weight`)."""
+    module = type(layer).__module__ or ""
+    return bool(layer.weights) and not (module == "keras" or module.startswith("keras."))
+
+
+def call_with_weights(layer, inputs, weights, hooks=None, *args, **kwargs):
     """Runs `layer`'s computation on `inputs` with `weights` replacing its own.
 
     Args:
@@ -261,14 +376,16 @@ def call_with_weights(layer, inputs, weights, hooks=None):
         hooks: optional functions applied to intermediate tensors of the computation, by name:
             `"between"` for a separable convolution (on the depthwise output, before the
             pointwise convolution). Other kinds of layers have no intermediate tensor.
+        *args, **kwargs: the call's other arguments (`reverse=True` of a reversible embedding).
 
     Returns:
         The layer's output tensor.
     """
     spec = compressible_spec(layer)
     full = {name: getattr(layer, name) for name in spec.weights}
-    full["bias"] = getattr(layer, "bias", None)
+    if spec.kind != "custom":
+        full["bias"] = getattr(layer, "bias", None)
     full.update(weights)
     if hooks and spec.kind == "separable":
         return spec.call(layer, inputs, full, **hooks)
-    return spec.call(layer, inputs, full)
+    return spec.call(layer, inputs, full, *args, **kwargs)

@@ -35,13 +35,13 @@ from keras_compress.calibration import (
 from keras_compress.callbacks import CompressionScheduleCallback, CompressionStatisticsCallback
 from keras_compress.config import CompressionConfig, load_config
 from keras_compress.export.strip import strip_model
-from keras_compress.graph import as_functional, is_graph_model, iter_layers, layers_by_path
+from keras_compress.graph import as_functional, is_functional_subclass, is_graph_model, iter_layers, layers_by_path
 from keras_compress.pruning import FilterPruningAlgorithm
 from keras_compress.quantization import FakeQuantize, QuantizationAlgorithm
 from keras_compress.selection import check_scopes, resolve_torch_scopes, unmatched_quantizer_scopes
 from keras_compress.sparsity import MagnitudeSparsityAlgorithm, MovementSparsityAlgorithm, RBSparsityAlgorithm
 from keras_compress.statistics import CompressionStatistics
-from keras_compress.subclassed import transform_subclassed
+from keras_compress.recording import containers_of
 from keras_compress.transform import transform_model
 from keras_compress.wrapper import PROGRESS_VARIABLES, WeightsWrapper
 
@@ -185,10 +185,10 @@ def compress(
     if isinstance(model, keras.Model) and compressed_with(model):
         return model, _bind(model, cfg, dataset)
     subclassed = isinstance(model, keras.Model) and not is_graph_model(model)
-    if subclassed:
-        original = model  # compressed by replacing sublayers of a copy
+    input_shape = tuple(cfg.input_info[0].sample_size[1:]) if cfg.input_info else None
+    if subclassed or is_functional_subclass(model):
+        original = model  # its class is kept: a copy of it is compressed
     else:
-        input_shape = tuple(cfg.input_info[0].sample_size[1:]) if cfg.input_info else None
         original = as_functional(model, input_shape)
     # Bad input fails here, before anything is cloned or run.
     if dataset is not None:
@@ -206,16 +206,16 @@ def compress(
 
     if subclassed:
         _check_graph_free(algorithms, model)
-        sample = None
-        if dataset is not None:
-            sample, dataset = peek_batch(dataset)
-        compressed, pairs = transform_subclassed(model, wrap_fn, algorithms, sample)
-    else:
-        compressed, pairs = transform_model(original, wrap_fn, planners=algorithms)
+    sample = None
+    if dataset is not None and (subclassed or containers_of(original)):  # the input signature, a recording
+        sample, dataset = peek_batch(dataset)
+        if sample is not None:
+            sample = keras.tree.map_structure(lambda x: x[:8], sample)
+    compressed = transform_model(original, wrap_fn, algorithms, sample=sample, input_shape=input_shape)
     quantizer_paths = [p for p, layer in layers_by_path(compressed).items() if isinstance(layer, FakeQuantize)]
     for path, message in unmatched_quantizer_scopes(compressed, cfg, quantizer_paths):
         logger.warning("%s: %s", path, message)
-    controller = CompressionController(compressed, cfg, algorithms, pairs, original_model=original)
+    controller = CompressionController(compressed, cfg, algorithms, original_model=original)
     weight_layers = (WeightsWrapper, *(t for a in algorithms for t in a.weight_layer_types))
     if algorithms and not any(isinstance(layer, weight_layers) for layer in iter_layers(compressed)):
         skipped = controller.statistics().skipped()
@@ -268,7 +268,6 @@ class CompressionController:
         model: the compressed model built by `kc.compress`.
         config: the `CompressionConfig`.
         algorithms: the algorithm objects (`CompressionAlgorithm`).
-        pairs: `(original_layer, new_layer, path)` for every cloned layer.
         original_model: the uncompressed (Functional) model.
         resume: True for a model that was compressed before (loaded): the algorithms take up its
             state (`restore`) instead of starting their schedules (`on_compress`).
@@ -284,14 +283,12 @@ class CompressionController:
         model: keras.Model,
         config: CompressionConfig,
         algorithms: list[CompressionAlgorithm],
-        pairs=(),
         original_model: keras.Model | None = None,
         resume: bool = False,
     ):
         self.model = model
         self.config = config
         self.algorithms = algorithms
-        self.pairs = list(pairs)
         self.original_model = original_model
         self.accuracy_aware_history = []
         self._wrappers = [layer for layer in iter_layers(model) if isinstance(layer, WeightsWrapper)]

@@ -9,10 +9,12 @@ its inputs by position, with no private Keras API.
 from __future__ import annotations
 
 import dataclasses
-import weakref
+import functools
 
 import keras
 import numpy as np
+
+from keras_compress.base_layer import CompressionLayer
 
 __all__ = [
     "ROLES",
@@ -23,8 +25,11 @@ __all__ = [
     "fresh_copy",
     "is_any_tensor",
     "is_symbolic",
+    "functional_class",
+    "is_functional_subclass",
     "is_graph_model",
     "child_layers",
+    "input_layer_names",
     "is_container",
     "iter_layers",
     "own_weights",
@@ -124,8 +129,10 @@ def node_role(op, num_tensor_inputs=1, scalar_constants=True):
         >>> node_role(keras.layers.ReLU()), node_role(keras.layers.Add(), 2)
         ('activation', 'merge')
     """
-    if isinstance(op, keras.Model):
+    if is_graph_model(op):
         return "model"
+    if is_container(op):
+        return "other"  # its sublayers are compressed one by one, on a graph of their own
     declared = getattr(type(op), "compression_role", None)
     if declared in ROLES:
         return declared
@@ -157,25 +164,35 @@ def node_weights(op):
 TensorRef = tuple
 
 
+#: Prefixes of the attributes TensorFlow's object tracking adds to a layer (`_self_unconditional_...`):
+#: bookkeeping, not sublayers (a user's `_self_attention` attribute is one).
+TRACKING_ATTRIBUTES = ("_self_unconditional", "_self_update_uid", "_self_name_based", "_self_saveable", "_self_setattr")
 #: Attributes every Keras layer and model has: not sublayers of a user's class.
 _BASE_ATTRIBUTES = frozenset(dir(keras.layers.Layer())) | frozenset(dir(keras.Model()))
 
 
 def is_container(layer):
-    """Whether `layer` is a user-defined layer or subclassed model whose sublayers are its attributes
-    (or a layer that lists its sublayers with a `compression_children()` method).
+    """Whether `layer` is a layer (or subclassed model) whose sublayers are its attributes and are
+    compressed one by one: a composite layer of the user's or of a library (KerasHub's transformer
+    blocks), a Keras wrapper layer (`TimeDistributed`, `Bidirectional`), or a layer that lists its
+    sublayers with a `compression_children()` method.
 
-    Keras' own layers (Dense, MultiHeadAttention, ...) are leaves: their inner layers are details of
-    their implementation. Sequential and Functional models are graphs, not containers.
+    Keras' other layers with sublayers (MultiHeadAttention, RNN) are leaves: their inner layers are
+    details of their implementation. Sequential and Functional models (subclasses included) are
+    graphs, not containers; keras_compress' own layers are neither.
     """
-    if not isinstance(layer, keras.layers.Layer) or is_graph_model(layer):
+    if not isinstance(layer, keras.layers.Layer) or is_graph_model(layer) or isinstance(layer, CompressionLayer):
         return False
     if hasattr(type(layer), "compression_children"):
         return True
-    if isinstance(layer, keras.layers.Wrapper):
-        return False
+    if _is_keras_layer(layer):
+        return isinstance(layer, keras.layers.Wrapper)
+    return isinstance(layer, keras.Model) or bool(_attribute_children(layer))
+
+
+def _is_keras_layer(layer):
     module = type(layer).__module__ or ""
-    return not (module == "keras" or module.startswith(("keras.", "keras_compress.", "keras_hub.", "keras_nlp.")))
+    return module == "keras" or module.startswith("keras.")
 
 
 def child_layers(layer):
@@ -189,16 +206,20 @@ def child_layers(layer):
         return [(child.name, child) for child in layer.layers]
     if hasattr(type(layer), "compression_children"):
         return layer.compression_children()
-    if isinstance(layer, keras.layers.Wrapper):
-        children = [("layer", layer.layer)]
-        if not (type(layer).__module__ or "").startswith("keras_compress."):
-            return children
-    elif is_container(layer):
-        children = []
-    else:
+    if isinstance(layer, keras.layers.Wrapper):  # the wrapped layer, and the layers of its own (input quantizers)
+        return [("layer", layer.layer)] + [(n, c) for n, c in _attribute_children(layer) if c is not layer.layer]
+    if not is_container(layer):
         return []
+    return _attribute_children(layer)
+
+
+def _attribute_children(layer):
+    """`[(attribute path, layer)]` of the layers in `layer`'s own attributes, lists and dicts."""
+    children = []
     for attribute, value in sorted(vars(layer).items()):
-        if attribute in _BASE_ATTRIBUTES or attribute.startswith(("__", "_self_")) or attribute == "layer":
+        if attribute in _BASE_ATTRIBUTES or attribute.startswith(("__", *TRACKING_ATTRIBUTES)):
+            continue
+        if attribute == "layer" and isinstance(layer, keras.layers.Wrapper):
             continue
         if isinstance(value, keras.layers.Layer):
             children.append((attribute, value))
@@ -352,6 +373,11 @@ class ModelGraph:
     outputs: list
     dtypes: dict
     input_names: list
+    #: Whether the graph is inside another one (a nested model, a container's recorded graph): its
+    #: inputs are tensors of the model, not the model's inputs.
+    inner: bool = False
+    #: The model or container whose graph this is (as the graph around it names it).
+    owner: object = None
 
     def __post_init__(self):
         self._consumers = {}
@@ -371,23 +397,38 @@ class ModelGraph:
         return ref in self.outputs
 
 
+class _StandIn(keras.layers.Layer):
+    """Takes a layer's place while a graph is traced: computes what it would return, and calls nothing.
+
+    Tracing by cloning with copies of the layers would need a copy of every layer (through its config,
+    which some layers cannot round-trip); calling the user's layers themselves would add nodes to them.
+    """
+
+    def __init__(self, original):
+        super().__init__(name=original.name, dtype=original.dtype_policy, autocast=False)
+        self.original = original
+        self.built = True
+
+    def compute_output_spec(self, *args, **kwargs):
+        return self.original.compute_output_spec(*args, **kwargs)
+
+
 def trace_graph(model):
     """Records the layer calls of a Functional `model` (which is left unchanged).
 
     Args:
-        model: a Functional Keras model.
+        model: a Functional Keras model (or a Sequential one, or a subclass that builds a Functional
+            graph: see `as_functional`).
 
     Returns:
         A `ModelGraph`.
     """
+    model = as_functional(model)
     originals = {}
     refs = {}
 
     def clone_function(layer):
-        if isinstance(layer, keras.Model):
-            copy = keras.models.clone_model(layer)
-        else:
-            copy = fresh_copy(layer)
+        copy = _StandIn(layer) if isinstance(layer, keras.layers.Layer) else fresh_copy(layer)
         originals[id(copy)] = layer
         return copy
 
@@ -423,16 +464,8 @@ def trace_graph(model):
 
 
 def input_layer_names(model):
-    """Names of the model's input layers, in input order (from its public config)."""
-    return [entry[0] for entry in _input_entries(model.get_config()["input_layers"])]
-
-
-def _input_entries(layers):
-    if isinstance(layers, dict):
-        return [e for v in layers.values() for e in _input_entries(v)]
-    if len(layers) == 3 and isinstance(layers[0], str):
-        return [layers]
-    return [e for v in layers for e in _input_entries(v)]
+    """Names of the model's inputs, in the order of `keras.tree.flatten(model.input)`."""
+    return [tensor.name for tensor in keras.tree.flatten(model.input)]
 
 
 def new_inputs(model):
@@ -442,27 +475,33 @@ def new_inputs(model):
     )
 
 
-#: `is_graph_model` answers by model (a model does not change kind): reading a Functional model's config
-#: took 0.5 s for NASNetMobile, and `iter_layers` asks once per call (16 calls, 8 of the 25 s of its
-#: `kc.compress`, before this cache).
-_GRAPH_MODELS = weakref.WeakKeyDictionary()
-
-
 def is_graph_model(model):
-    """Whether `model` is a Sequential or Functional model (one whose graph can be traced)."""
+    """Whether `model` is a Sequential or Functional model, or a `keras.Model` subclass whose
+    `__init__` builds a Functional graph (`super().__init__(inputs=..., outputs=...)`, as every
+    KerasHub backbone and task does): a model whose graph can be traced."""
     if isinstance(model, keras.Sequential):
         return True
     if not isinstance(model, keras.Model):
         return False
-    known = _GRAPH_MODELS.get(model)
-    if known is None:
-        try:
-            config = model.get_config()
-        except Exception:  # noqa: BLE001 - subclassed models may raise anything here
-            config = None
-        known = isinstance(config, dict) and "layers" in config and "input_layers" in config
-        _GRAPH_MODELS[model] = known
-    return known
+    try:
+        inputs, outputs = model.inputs, model.outputs
+    except (AttributeError, ValueError):  # a subclassed model has no symbolic inputs
+        return False
+    tensors = keras.tree.flatten(inputs) + keras.tree.flatten(outputs)
+    return bool(tensors) and all(is_symbolic(t) for t in tensors)
+
+
+def is_functional_subclass(model):
+    """Whether `model` is a graph model of a class of its own (a KerasHub backbone or task, or a
+    compressed one): its class, attributes and methods must survive a transformation of its graph."""
+    return is_graph_model(model) and not isinstance(model, keras.Sequential) and type(model) is not functional_class()
+
+
+@functools.cache
+def functional_class():
+    """Keras' Functional model class (what `keras.Model(inputs, outputs)` makes)."""
+    inputs = keras.Input((1,))
+    return type(keras.Model(inputs, inputs))
 
 
 def as_functional(model, input_shape=None):
@@ -498,6 +537,8 @@ def as_functional(model, input_shape=None):
             model = keras.models.clone_model(model)
             model.build((None, *input_shape))
         return keras.Model(model.inputs, model.outputs, name=model.name)
+    if is_functional_subclass(model):  # its graph, as a plain Functional model sharing its layers
+        return keras.Model(model.input, model.output, name=model.name)
     return model
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import keras
 
+from keras_compress.base_layer import CompressionLayer, strip_layer
 from keras_compress.graph import is_any_tensor, replace_call_tensors
 
 __all__ = ["InputsWrapper"]
 
 
 @keras.saving.register_keras_serializable(package="keras_compress")
-class InputsWrapper(keras.layers.Wrapper):
+class InputsWrapper(CompressionLayer, keras.layers.Wrapper):
     """Applies a layer to each of some input tensors of `layer`, then calls `layer` on the result.
 
     Args:
@@ -43,22 +44,30 @@ class InputsWrapper(keras.layers.Wrapper):
         ]
 
     def build(self, input_shape=None):
-        # The wrapped layer and the input layers build on their first call (the wrapped layer may
-        # take several inputs, whose shapes its own `build` knows how to read).
+        # The wrapped layer builds on its first call (it may take several inputs, whose shapes its own
+        # `build` knows how to read); the input layers (activation quantizers) need no shape.
+        for layer in self.input_layers:
+            if not layer.built:
+                layer.build()
         self.built = True
 
     def call(self, inputs, *args, **kwargs):
-        replace = {position: inner for position, inner in zip(self.positions, self.input_layers)}
+        # A call whose tensor at a position is not a float one (token ids for a reversible embedding's
+        # lookup, whose reverse call reads floats) leaves it as it is.
+        replace = {
+            position: (lambda x, inner=inner: inner(x) if "float" in str(x.dtype) else x)
+            for position, inner in zip(self.positions, self.input_layers)
+        }
         (inputs, *args), kwargs = replace_call_tensors((inputs, *args), kwargs, replace, is_any_tensor)
         return self.layer(inputs, *args, **kwargs)
 
-    def compute_output_shape(self, input_shape):
-        return self.layer.compute_output_shape(input_shape)
+    def compute_output_shape(self, input_shape, *args, **kwargs):
+        return self.layer.compute_output_shape(input_shape, *args, **kwargs)
 
     def strip(self):
         """This wrapper of an inference model: its layer and its input layers stripped (activation
         quantizers stay, they are the INT8 recipe, with their ranges frozen into constants)."""
-        inner, input_layers = _stripped(self.layer), [_stripped(layer) for layer in self.input_layers]
+        inner, input_layers = strip_layer(self.layer), [strip_layer(layer) for layer in self.input_layers]
         if inner is self.layer and all(new is old for new, old in zip(input_layers, self.input_layers)):
             return self
         return InputsWrapper(inner, dict(zip(self.positions, input_layers)), name=self.name)
@@ -76,6 +85,3 @@ class InputsWrapper(keras.layers.Wrapper):
         layer = keras.saving.deserialize_keras_object(config.pop("layer"), custom_objects=custom_objects)
         return cls(layer, **config)
 
-
-def _stripped(layer):
-    return layer.strip() if callable(getattr(layer, "strip", None)) else layer

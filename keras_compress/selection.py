@@ -99,7 +99,7 @@ class LayerSelection:
 
     def reason(self, layer, path=""):
         """Why `layer` (a node's operation) is not selected; None when it is, "" when it is silently not."""
-        if isinstance(layer, keras.Model) or not node_weights(layer):
+        if isinstance(layer, keras.Model) or is_container(layer) or not node_weights(layer):
             return LAMBDA_REASON if isinstance(layer, keras.layers.Lambda) else ""
         spec = compressible_spec(layer)
         reason = unsupported_reason(layer)

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_compress.base_layer import CompressionLayer, innermost
 from keras_compress.compressible import call_with_weights, compressible_spec
 
 __all__ = ["PROGRESS_VARIABLES", "WeightsWrapper", "exported_entries", "innermost", "unwrap"]
@@ -24,14 +25,6 @@ _WARNED_GRAPHS = weakref.WeakSet()
 def unwrap(layer):
     """Returns the innermost layer under a stack of `WeightsWrapper`s."""
     while isinstance(layer, WeightsWrapper):
-        layer = layer.layer
-    return layer
-
-
-def innermost(layer):
-    """The user's layer inside any stack of keras_compress wrappers (weight wrappers, input
-    quantizers, the attention wrapper)."""
-    while isinstance(layer, keras.layers.Wrapper) and type(layer).__module__.startswith("keras_compress."):
         layer = layer.layer
     return layer
 
@@ -60,7 +53,7 @@ def exported_entries(layers, wrapper):
     return kept
 
 
-class WeightsWrapper(keras.layers.Wrapper):
+class WeightsWrapper(CompressionLayer, keras.layers.Wrapper):
     """Wraps a compressible layer and runs it with transformed weights.
 
     Subclasses create their variables in `build_wrapper(input_shape)` and implement
@@ -188,7 +181,7 @@ class WeightsWrapper(keras.layers.Wrapper):
             self.name,
         )
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, *args, training=None, **kwargs):
         if training:
             self._warn_if_not_driven()
             # Only the outermost wrapper's call runs: it adds the losses of the whole stack.
@@ -199,15 +192,15 @@ class WeightsWrapper(keras.layers.Wrapper):
         hooks = {}
         for wrapper in self._chain()[0]:
             hooks.update(wrapper.call_hooks())
-        return call_with_weights(unwrap(self), inputs, self.effective_weights(training), hooks)
+        return call_with_weights(unwrap(self), inputs, self.effective_weights(training), hooks, *args, **kwargs)
 
     def call_hooks(self):
         """Functions this wrapper applies to intermediate tensors of the layer's computation (see
         `call_with_weights`); none by default."""
         return {}
 
-    def compute_output_shape(self, input_shape):
-        return self.layer.compute_output_shape(input_shape)
+    def compute_output_shape(self, input_shape, *args, **kwargs):
+        return self.layer.compute_output_shape(input_shape, *args, **kwargs)
 
     @classmethod
     def from_config(cls, config, custom_objects=None):

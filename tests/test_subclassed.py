@@ -1,7 +1,6 @@
 """Subclassed models: compressed as they are, saved, loaded in a new process, exported to INT8."""
 
 import json
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -11,17 +10,12 @@ import keras_compress as kc
 from helpers import int8_counts, propagated_step, quantization_config, run_program
 from keras_compress.benchmark import compile_ir, compute_op_precisions, runtime_precisions
 from keras_compress.graph import iter_layers
-from keras_compress.subclassed import CompressedModel
 from subclassed_models import (
     DigitsNet,
     TextEncoder,
     Unconfigurable,
     WithBackbone,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
-
 
 def _images(n=32, seed=0):
     return np.random.default_rng(seed).uniform(0, 1, (n, 8, 8, 1)).astype("float32")
@@ -39,7 +33,7 @@ def test_compress_leaves_the_subclassed_model_unchanged_and_wraps_every_conv_and
     before = [w.copy() for w in model.get_weights()]
     x = _images()
     compressed, ctrl = kc.compress(model, quantization_config(), dataset=x)
-    assert isinstance(compressed, CompressedModel)
+    assert isinstance(compressed, kc.CompressedModel) and isinstance(compressed, DigitsNet)
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
     assert not any(isinstance(layer, (kc.QuantizeWrapper, kc.FakeQuantize)) for layer in iter_layers(model))
     stats = ctrl.statistics()
@@ -76,7 +70,7 @@ def test_subclassed_cnn_trains_saves_loads_in_a_new_process_and_exports_int8(tmp
     (tmp_path / "config.json").write_text(json.dumps(config))
     out = run_program("subclassed_reload.py", path, "config.json", "x.npy", "expected.npy", cwd=tmp_path).stdout
     result = json.loads(out.strip().splitlines()[-1])
-    assert result["type"] == "CompressedModel"
+    assert result["type"] == "DigitsNet" and result["compressed"]
     assert result["same"] < 1e-5
     assert result["counts"] == {"Convolution:u8": 3, "FullyConnected:u8": 1}
     # Within one step of the classifier's input quantizer, propagated through the classifier.

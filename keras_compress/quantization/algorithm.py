@@ -33,7 +33,10 @@ __all__ = ["QuantizationAlgorithm"]
 logger = logging.getLogger("keras_compress")
 
 #: Kinds of compressible layers whose weights are quantized (embeddings are not).
-WEIGHT_KINDS = ("conv", "depthwise", "separable", "conv_transpose", "dense", "einsum_dense", "attention")
+WEIGHT_KINDS = (
+    "conv", "depthwise", "separable", "conv_transpose", "dense", "einsum_dense", "attention", "reversible_embedding",
+    "custom",
+)  # fmt: skip
 
 
 class QuantizationAlgorithm(CompressionAlgorithm):
@@ -181,7 +184,9 @@ class QuantizationAlgorithm(CompressionAlgorithm):
 
     def plan(self, graph, path):
         """The activation quantizers of one (sub)model: see `plan_activation_quantizers`."""
-        self.first_layer_ids |= _first_layers(graph)
+        # The layers that read the model's inputs, through the models and containers that do.
+        if not graph.inner or id(graph.owner) in self.first_layer_ids:
+            self.first_layer_ids |= _first_layers(graph)
 
         def prefix(node):  # a graph recorded from a subclassed model has a path per node
             return path if node.prefix is None else node.prefix
@@ -206,7 +211,7 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         return plan_activation_quantizers(
             graph,
             weight_quantized,
-            quantize_inputs=self.config.quantize_inputs,
+            quantize_inputs=self.config.quantize_inputs or graph.inner,
             quantize_outputs=self.config.quantize_outputs,
             is_ignored=is_ignored,
             is_unified=is_unified,
@@ -333,7 +338,7 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         for layer in layers:
             rc = _range_config_for(self.config, [layer.name, layer.name.rsplit("_quantizer", 1)[0]])
             collector = RangeCollector(rc.type, rc.params.min_percentile, rc.params.max_percentile)
-            collectors[layer.name] = collector
+            collectors[id(layer)] = collector
             layer.observer = lambda x, c=collector: c.update(keras.ops.convert_to_numpy(x))
             layer.enabled = False
         try:
@@ -348,7 +353,7 @@ class QuantizationAlgorithm(CompressionAlgorithm):
                 "`dataset` yielded no batches (it is empty, or an iterator that was already read to the end)."
             )
         for layer in layers:
-            low, high = collectors[layer.name].result()
+            low, high = collectors[id(layer)].result()
             layer.quantizer.set_range(low, high)
         return seen
 

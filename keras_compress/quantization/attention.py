@@ -22,13 +22,14 @@ MatMul/FullyConnected ops ran u8/i8 (see benchmarks/transformers.py for the late
 from __future__ import annotations
 
 import math
-import string
 
 import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_compress.base_layer import CompressionLayer
 from keras_compress.compressible import attention_reason, call_with_weights, weight_channel_axes
+from keras_compress.operations import attention_equations
 from keras_compress.quantization.fake_quantize import FakeQuantize
 from keras_compress.quantization.quantizers import Quantizer, QuantizerSpec
 
@@ -48,42 +49,6 @@ def projection_layers(layer):
     }
 
 
-def attention_equations(rank, attention_axes):
-    """The two einsum equations of multi-head attention over projected tensors of rank `rank`.
-
-    The same equations as Keras' MultiHeadAttention builds: the query-key product
-    `(<batch>, <key attention dims>, heads, channels), (<batch>, <query attention dims>, heads,
-    channels) -> (<batch>, heads, <query dims>, <key dims>)` and the combination of the
-    probabilities with the values.
-
-    Args:
-        rank: rank of the projected query/key/value tensors (4 for `(B, T, heads, key_dim)`).
-        attention_axes: the axes attention runs over (non-negative).
-
-    Returns:
-        `(dot_product_equation, combine_equation, scores_rank)`.
-
-    Example:
-        >>> attention_equations(4, (1,))
-        ('aecd,abcd->acbe', 'acbe,aecd->abcd', 4)
-    """
-    letters = string.ascii_lowercase
-    target = letters[:rank]
-    batch_dims = [i for i in range(rank) if i not in attention_axes and i != rank - 1]
-    offset = rank
-    source = ""
-    for i in range(rank):
-        if i in batch_dims or i == rank - 1:
-            source += target[i]
-        else:
-            source += letters[offset]
-            offset += 1
-    product = "".join(
-        [target[i] for i in batch_dims] + [target[i] for i in attention_axes] + [source[i] for i in attention_axes]
-    )
-    return f"{source},{target}->{product}", f"{product},{source}->{target}", len(product)
-
-
 #: The activation quantizers inside the wrapper: `(name, forced sign)`. None lets range init decide.
 _ACTIVATIONS = (
     ("query_input", None),
@@ -98,7 +63,7 @@ _ACTIVATIONS = (
 
 
 @keras.saving.register_keras_serializable(package="keras_compress")
-class AttentionQuantizeWrapper(keras.layers.Wrapper):
+class AttentionQuantizeWrapper(CompressionLayer, keras.layers.Wrapper):
     """Quantization-aware MultiHeadAttention: quantized projections and attention matmuls.
 
     Computes what the wrapped `keras.layers.MultiHeadAttention` computes (the same sublayers and

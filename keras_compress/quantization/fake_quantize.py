@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import keras
 
+from keras_compress.base_layer import CompressionLayer
 from keras_compress.quantization.quantizers import Quantizer, QuantizerSpec
 
 __all__ = ["FakeQuantize"]
 
 
 @keras.saving.register_keras_serializable(package="keras_compress")
-class FakeQuantize(keras.layers.Layer):
+class FakeQuantize(CompressionLayer, keras.layers.Layer):
     """Per-tensor fake quantization of activations with a learned range.
 
     One instance may be called on several tensors (the inputs of an `Add` or `Concatenate`):

@@ -25,7 +25,10 @@ class _SparsityAlgorithm(CompressionAlgorithm):
 
     name = ""
     wrapper_class = None
-    kinds = ("conv", "depthwise", "separable", "conv_transpose", "dense", "einsum_dense", "embedding")
+    kinds = (
+        "conv", "depthwise", "separable", "conv_transpose", "dense", "einsum_dense", "embedding",
+        "reversible_embedding", "custom",
+    )  # fmt: skip
 
     def __init__(self, config, target_device="ANY"):
         super().__init__(config, target_device)

@@ -3,7 +3,7 @@ its controller bound, exported to OpenVINO and run there.
 
 Usage: subclassed_reload.py MODEL.keras CONFIG.json INPUTS.npy EXPECTED.npy, in a scratch folder (the IR is written
 to `ir/model.xml` there). Prints one JSON line: the loaded model's type, its largest output difference from
-EXPECTED, the runtime precisions of the IR and the IR's outputs (a list).
+EXPECTED, whether it is a `kc.CompressedModel`, the runtime precisions of the IR and the IR's outputs (a list).
 """
 
 import json
@@ -26,4 +26,5 @@ xml = kc.export(model, "ir/model")
 compiled = compile_ir(xml)
 ir = compiled(x)[0]
 counts = {f"{t}:{p}": n for (t, p), n in runtime_precisions(compiled).items()}
-print(json.dumps({"type": type(model).__name__, "same": same, "counts": counts, "ir": np.asarray(ir).tolist()}))
+print(json.dumps({"type": type(model).__name__, "compressed": isinstance(model, kc.CompressedModel), "same": same,
+                  "counts": counts, "ir": np.asarray(ir).tolist()}))  # fmt: skip

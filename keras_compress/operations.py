@@ -1,0 +1,222 @@
+"""Matmuls a layer computes itself: seen while its graph is recorded, given input layers at run time.
+
+Attention written as a composite layer (KerasHub's Llama and Gemma attention, a user's block) calls
+`keras.ops.einsum` / `keras.ops.matmul` between two activations in its own `call()`: no sublayer
+shows those matmuls, yet OpenVINO runs them in int8 only when both inputs are quantized. While a
+container's graph is recorded and while a compressed container runs, those two public functions are
+replaced by versions that hand a call to the container that made it (the `self` of the calling
+method): when recording, it becomes a node of the container's graph (role "matmul"); when running
+compressed, the container's layers for that node's inputs (activation quantizers) are applied to the
+operands. Calls from anywhere else, sublayers included, run unchanged.
+
+`keras.layers.MultiHeadAttention` computes its matmuls with Keras' own internal ops; a subclass of it
+(KerasHub's `CachedMultiHeadAttention`) gets `attention_with_public_ops` as its `_compute_attention`
+(the method Keras documents for overriding), the same computation with the public ops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import string
+import threading
+
+import keras
+from keras import ops
+
+__all__ = [
+    "INTERCEPTED",
+    "OperationNode",
+    "applying",
+    "attention_equations",
+    "attention_with_public_ops",
+    "has_private_attention",
+    "intercepting",
+]
+
+#: The `keras.ops` functions whose calls between two activations a container's graph shows.
+INTERCEPTED = ("einsum", "matmul")
+
+_lock = threading.Lock()
+_active = [0]  # how many `intercepting` blocks are open (the replacements are installed while > 0)
+_originals = {}
+_handlers = {}  # id(layer) -> handler(name, original, operands, call)
+
+
+class OperationNode:
+    """A matmul between activations in a container's `call()`, as a node of its recorded graph."""
+
+    #: What the node is to compression (`keras_compress.graph.node_role`).
+    compression_role = "matmul"
+
+    def __init__(self, name, index):
+        self.name = name
+        self.index = index  # the how-manieth intercepted call of the container's call it is
+        self.weights = []
+
+
+def _operands(name, args):
+    """The positions in `args` of the two operands of an intercepted call."""
+    return (1, 2) if name == "einsum" else (0, 1)
+
+
+def _replacement(name):
+    original = _originals[name]
+
+    def call(*args, **kwargs):
+        caller = inspect.currentframe().f_back
+        owner = caller.f_locals.get("self") if caller is not None else None
+        handler = _handlers.get(id(owner)) if owner is not None else None
+        positions = _operands(name, args)
+        if handler is None or len(args) <= positions[1] or not all(_is_activation(args[p]) for p in positions):
+            return original(*args, **kwargs)
+        return handler(name, original, args, kwargs, positions)
+
+    call.__wrapped__ = original
+    return call
+
+
+def _is_activation(x):
+    return keras.ops.is_tensor(x) and not isinstance(x, keras.Variable)
+
+
+@contextlib.contextmanager
+def intercepting(layer, handler):
+    """While open, the intercepted `keras.ops` calls made by `layer`'s own methods go to `handler`.
+
+    Args:
+        layer: the container.
+        handler: `(name, original, args, kwargs, positions) -> result`, where `original` is the
+            `keras.ops` function and `positions` the indices in `args` of its two operands.
+    """
+    with _lock:
+        if _active[0] == 0:
+            for name in INTERCEPTED:
+                _originals[name] = getattr(keras.ops, name)
+                setattr(keras.ops, name, _replacement(name))
+        _active[0] += 1
+        previous = _handlers.get(id(layer))
+        _handlers[id(layer)] = handler
+    try:
+        yield
+    finally:
+        with _lock:
+            if previous is None:
+                _handlers.pop(id(layer), None)
+            else:
+                _handlers[id(layer)] = previous
+            _active[0] -= 1
+            if _active[0] == 0:
+                for name in INTERCEPTED:
+                    setattr(keras.ops, name, _originals.pop(name))
+
+
+def attention_equations(rank, attention_axes):
+    """The two einsum equations of multi-head attention over projected tensors of rank `rank`.
+
+    The same equations as Keras' MultiHeadAttention builds: the query-key product
+    `(<batch>, <key attention dims>, heads, channels), (<batch>, <query attention dims>, heads,
+    channels) -> (<batch>, heads, <query dims>, <key dims>)` and the combination of the
+    probabilities with the values.
+
+    Args:
+        rank: rank of the projected query/key/value tensors (4 for `(B, T, heads, key_dim)`).
+        attention_axes: the axes attention runs over (non-negative).
+
+    Returns:
+        `(dot_product_equation, combine_equation, scores_rank)`.
+
+    Example:
+        >>> attention_equations(4, (1,))
+        ('aecd,abcd->acbe', 'acbe,aecd->abcd', 4)
+    """
+    letters = string.ascii_lowercase
+    target = letters[:rank]
+    batch_dims = [i for i in range(rank) if i not in attention_axes and i != rank - 1]
+    offset = rank
+    source = ""
+    for i in range(rank):
+        if i in batch_dims or i == rank - 1:
+            source += target[i]
+        else:
+            source += letters[offset]
+            offset += 1
+    product = "".join(
+        [target[i] for i in batch_dims] + [target[i] for i in attention_axes] + [source[i] for i in attention_axes]
+    )
+    return f"{source},{target}->{product}", f"{product},{source}->{target}", len(product)
+
+
+def attention_with_public_ops(
+    self,
+    query,
+    key,
+    value,
+    attention_mask=None,
+    training=None,
+    return_attention_scores=False,
+    use_causal_mask=False,
+):
+    """`MultiHeadAttention._compute_attention` (its einsum path) written with the public `keras.ops`.
+
+    The projected query is scaled by `1 / sqrt(key_dim)`, the scores are `einsum(key, query)`, the
+    mask and softmax as Keras' masked softmax, dropout by the layer's own dropout sublayer, and the
+    output `einsum(probabilities, value)`: what MultiHeadAttention computes on every path (its fused
+    `dot_product_attention` path included), up to float rounding.
+    """
+    rank = len(query.shape)
+    axes = self.attention_axes
+    axes = tuple(range(1, rank - 2)) if axes is None else tuple(a % rank for a in axes)
+    dot_equation, combine_equation, scores_rank = attention_equations(rank, axes)
+    query = ops.multiply(query, ops.cast(1.0 / math.sqrt(float(self.key_dim)), query.dtype))
+    scores = ops.einsum(dot_equation, key, query)
+    if attention_mask is None and use_causal_mask:
+        ones = ops.ones((ops.shape(query)[1], ops.shape(key)[1]), dtype="int32")
+        attention_mask = ops.expand_dims(ops.greater_equal(ops.cumsum(ones, axis=0), ops.cumsum(ones, axis=1)), 0)
+    norm_axes = tuple(range(scores_rank - len(axes), scores_rank))
+    if attention_mask is not None:
+        mask = ops.cast(attention_mask, scores.dtype)
+        for _ in range(len(scores.shape) - len(mask.shape)):
+            mask = ops.expand_dims(mask, axis=-len(axes) * 2 - 1)
+        scores = ops.add(scores, ops.multiply(ops.subtract(1.0, mask), ops.cast(-1e9, scores.dtype)))
+    if len(norm_axes) == 1:  # one Softmax op (OpenVINO fuses MatMul -> Softmax -> MatMul)
+        probabilities = ops.softmax(scores, axis=norm_axes[0])
+    else:
+        probabilities = ops.exp(ops.subtract(scores, ops.logsumexp(scores, axis=norm_axes, keepdims=True)))
+    if attention_mask is not None:
+        probabilities = ops.multiply(probabilities, mask)
+    dropped = self._dropout_layer(probabilities, training=training) if self.dropout > 0 else probabilities
+    return ops.einsum(combine_equation, dropped, value), probabilities
+
+
+def has_private_attention(cls):
+    """Whether layer class `cls` is a subclass of Keras' MultiHeadAttention that keeps Keras'
+    `_compute_attention` (whose matmuls use Keras' internal ops: it gets `attention_with_public_ops`)."""
+    mha = keras.layers.MultiHeadAttention
+    return issubclass(cls, mha) and cls is not mha and getattr(cls, "_compute_attention", None) is mha._compute_attention
+
+
+@contextlib.contextmanager
+def applying(layer, operation_layers):
+    """While open, the k-th intercepted call made by `layer`'s own methods has its operands passed
+    through `operation_layers["<k>_<operand>"]` (operand 0 or 1) when there is one.
+
+    Args:
+        layer: the container.
+        operation_layers: `{"k_i": layer}`.
+    """
+    count = [0]
+
+    def handler(name, original, args, kwargs, positions):
+        index = count[0]
+        count[0] += 1
+        args = list(args)
+        for operand, position in enumerate(positions):
+            inner = operation_layers.get(f"{index}_{operand}")
+            if inner is not None:
+                args[position] = inner(args[position])
+        return original(*args, **kwargs)
+
+    with intercepting(layer, handler):
+        yield
