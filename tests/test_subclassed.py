@@ -17,6 +17,7 @@ from subclassed_models import (
     WithBackbone,
 )
 
+
 def _images(n=32, seed=0):
     return np.random.default_rng(seed).uniform(0, 1, (n, 8, 8, 1)).astype("float32")
 
