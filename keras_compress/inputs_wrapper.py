@@ -61,8 +61,6 @@ class InputsWrapper(CompressionLayer, keras.layers.Wrapper):
         (inputs, *args), kwargs = replace_call_tensors((inputs, *args), kwargs, replace, is_any_tensor)
         return self.layer(inputs, *args, **kwargs)
 
-    def compute_output_shape(self, input_shape, *args, **kwargs):
-        return self.layer.compute_output_shape(input_shape, *args, **kwargs)
 
     def strip(self):
         """This wrapper of an inference model: its layer and its input layers stripped (activation
@@ -78,6 +76,15 @@ class InputsWrapper(CompressionLayer, keras.layers.Wrapper):
             for position, inner in zip(self.positions, self.input_layers)
         }
         return {**super().get_config(), "inputs": inputs}
+
+    def compute_output_spec(self, *args, **kwargs):
+        # Traced through `call` (as Keras does for a layer without shape rules), which also builds the
+        # wrapped layers: its own shape rule may not know the call's other arguments (`reverse=True`).
+        return keras.Operation.compute_output_spec(self, *args, **kwargs)
+
+    def compute_output_shape(self, input_shape, *args, **kwargs):
+        # For the layers that ask the wrapped layer's shape rule (TimeDistributed).
+        return self.layer.compute_output_shape(input_shape, *args, **kwargs)
 
     @classmethod
     def from_config(cls, config, custom_objects=None):

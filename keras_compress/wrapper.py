@@ -199,7 +199,14 @@ class WeightsWrapper(CompressionLayer, keras.layers.Wrapper):
         `call_with_weights`); none by default."""
         return {}
 
+
+    def compute_output_spec(self, *args, **kwargs):
+        # Traced through `call` (as Keras does for a layer without shape rules), which also builds the
+        # wrapped layers: its own shape rule may not know the call's other arguments (`reverse=True`).
+        return keras.Operation.compute_output_spec(self, *args, **kwargs)
+
     def compute_output_shape(self, input_shape, *args, **kwargs):
+        # For the layers that ask the wrapped layer's shape rule (TimeDistributed).
         return self.layer.compute_output_shape(input_shape, *args, **kwargs)
 
     @classmethod
