@@ -65,7 +65,11 @@ def load_config(source: str | os.PathLike | dict | CompressionConfig) -> Compres
     """
     if isinstance(source, CompressionConfig):
         return source
-    raw = _plain_values(_read(source))
+    raw = _read(source)
+    try:
+        raw = _plain_values(raw)
+    except RecursionError:
+        raise ConfigError([("$", "the config is nested too deeply to be a compression config")]) from None
     if not isinstance(raw, dict):
         raise ConfigError([("$", f"the config must be a JSON object (received {json_type(raw)})")])
     single = {key for key in ("input_info", "compression") if isinstance(raw.get(key), dict)}
@@ -136,8 +140,10 @@ def _plain_values(value: Any) -> Any:
     values are returned as they are (the config package imports no NumPy: scalars are recognized by type)."""
     if isinstance(value, dict):
         return {key: _plain_values(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain_values(item) for item in value)
+    if isinstance(value, list):
+        return [_plain_values(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_plain_values(item) for item in value)
     if _is_numpy_scalar(value):
         return value.item()
     return value
