@@ -40,11 +40,11 @@ _PUBLIC = {
     "ConfigWarning": "keras_compress.config",
     "list_configs": "keras_compress.config",
     "load_config": "keras_compress.config",
+    "register_compressible": "keras_compress.compressible",
     "CompressionController": "keras_compress.controller",
     "compress": "keras_compress.controller",
     "export": "keras_compress.export",
     "FilterPruningWrapper": "keras_compress.pruning",
-    "AttentionQuantizeWrapper": "keras_compress.quantization",
     "FakeQuantize": "keras_compress.quantization",
     "InputsWrapper": "keras_compress.inputs_wrapper",
     "QuantizeWrapper": "keras_compress.quantization",
@@ -59,7 +59,6 @@ _PUBLIC = {
 }
 
 __all__ = [
-    "AttentionQuantizeWrapper",
     "CompressedLayer",
     "CompressedModel",
     "CompressionLayer",
@@ -80,6 +79,7 @@ __all__ = [
     "export",
     "list_configs",
     "load_config",
+    "register_compressible",
 ]
 
 
@@ -97,12 +97,13 @@ def __dir__():
 
 
 if os.environ.get(LIGHT_IMPORT_ENV) != "1":
+    from keras_compress.compressible import register_compressible
     from keras_compress.config import CompressionConfig, ConfigError, ConfigWarning, list_configs, load_config
     from keras_compress.controller import CompressionController, compress
     from keras_compress.export import export
     from keras_compress.pruning import FilterPruningWrapper
     from keras_compress.inputs_wrapper import InputsWrapper
-    from keras_compress.quantization import AttentionQuantizeWrapper, FakeQuantize, QuantizeWrapper
+    from keras_compress.quantization import FakeQuantize, QuantizeWrapper
     from keras_compress.sparsity import MagnitudeSparsityWrapper, MovementSparsityWrapper, RBSparsityWrapper
     from keras_compress.statistics import CompressionStatistics
     from keras_compress.compressed import CompressedLayer, CompressedModel

@@ -7,8 +7,10 @@ rebuilds the user's object from its config and applies the record with the trans
 (`keras_compress.transform.replay`, which sets `CompressedLayer.replay`).
 
 A record: `{"layers": {path: chain}, "graphs": {graph path: insertions}, "operations": {container
-path: {slot: layer config}}}` (and a subclassed model's `input_signature`), paths relative to the object
-that holds it; a chain (`describe_chain`) is the keras_compress wrappers around the user's layer.
+path: {slot: layer config}}, "builds": {container path: build config}}` (and a subclassed model's
+`input_signature`), paths relative to the object that holds it; a chain (`describe_chain`) is the
+keras_compress wrappers around the user's layer; a container that makes its sublayers in `build()`
+(MultiHeadAttention) is built from its build config before the record is applied to it.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ OPERATIONS = "_compression_operations"
 
 
 #: The parts of a record keyed by path (of a layer, a graph, a container).
-PATH_KEYED = ("layers", "graphs", "operations")
+PATH_KEYED = ("layers", "graphs", "operations", "builds")
 
 
 def subtree(record, path):

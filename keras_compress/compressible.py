@@ -17,7 +17,6 @@ __all__ = [
     "COMPRESSIBLE_LAYERS",
     "UNCOMPRESSED_BY_DESIGN",
     "compressible_spec",
-    "attention_reason",
     "call_with_weights",
     "register_compressible",
     "weight_channel_axes",
@@ -143,9 +142,7 @@ class CompressibleLayerSpec:
             the layer's `call` with the given weight tensors.
         kind: "conv", "depthwise", "separable", "conv_transpose", "dense",
             "einsum_dense", "embedding", "reversible_embedding" (a lookup whose transpose is a
-            language model head), "custom" (a layer that opts in, see `compressible_spec`) or
-            "attention" (MultiHeadAttention: its weights are the kernels of its four projections,
-            and only a dedicated wrapper calls it).
+            language model head) or "custom" (a layer that opts in, see `compressible_spec`).
     """
 
     def __init__(self, layer_class, weights, channel_axes, call, kind):
@@ -176,9 +173,6 @@ _SPECS = [
     CompressibleLayerSpec(L.Dense, ["kernel"], [-1], _dense, "dense"),
     CompressibleLayerSpec(L.EinsumDense, ["kernel"], [-1], _einsum_dense, "einsum_dense"),
     CompressibleLayerSpec(L.Embedding, ["embeddings"], [-1], _embedding, "embedding"),
-    CompressibleLayerSpec(
-        L.MultiHeadAttention, ["query", "key", "value", "output"], [None] * 4, None, "attention"
-    ),
 ]
 del L
 
@@ -321,27 +315,9 @@ def weight_channel_axes(layer, attr):
 LAMBDA_REASON = "Lambda layer: its Python function is left as it is (not quantized or sparsified)"
 
 
-def attention_reason(layer):
-    """Why a MultiHeadAttention layer cannot be compressed, or None when it can.
-
-    Its computation is reproduced with public ops (`AttentionQuantizeWrapper`): only the class
-    itself, without the options that reproduction leaves out.
-    """
-    if type(layer) is not keras.layers.MultiHeadAttention:
-        return f"subclass {type(layer).__name__} of MultiHeadAttention (its computation may differ)"
-    config = layer.get_config()
-    if config.get("use_gate"):
-        return "MultiHeadAttention with use_gate=True is not supported"
-    if config.get("sliding_window") is not None:
-        return "MultiHeadAttention with a sliding_window is not supported"
-    return None
-
-
 def unsupported_reason(layer):
     """Why a layer with weights cannot be compressed, or None when it can."""
     spec = compressible_spec(layer)
-    if spec is not None and spec.kind == "attention":
-        return attention_reason(layer)
     if spec is not None:
         if getattr(layer, "lora_enabled", False):
             return "LoRA-enabled layers are not supported"

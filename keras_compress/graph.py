@@ -71,8 +71,6 @@ _LAYER_ROLES = {
     "merge": (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum),
     "concat": (L.Concatenate,),
     "matmul": (L.Dot,),
-    # Projections and two matmuls inside one layer (see keras_compress.quantization.attention).
-    "attention": (L.MultiHeadAttention,),
 }  # fmt: skip
 del L
 #: Class names of keras.ops operations (the objects `x + y` or `keras.ops.relu(x)` leave in a
@@ -99,7 +97,7 @@ _ELEMENTWISE_OPS = frozenset((*_OP_ROLES["merge"], "TrueDivide", "Divide", "Powe
 #: Every role `node_role` returns.
 ROLES = (
     "model", "weights", "identity", "spatial", "average_pool", "channelwise", "reshape", "activation",
-    "softmax", "batchnorm", "normalization", "merge", "concat", "matmul", "attention", "other",
+    "softmax", "batchnorm", "normalization", "merge", "concat", "matmul", "other",
 )  # fmt: skip
 
 
@@ -114,8 +112,7 @@ def node_role(op, num_tensor_inputs=1, scalar_constants=True):
       (ReLU, GELU, `x * 0.5`: one value from one value), "softmax", "batchnorm", "normalization"
       (LayerNormalization and friends);
     - "merge" (elementwise `Add`, `x + y`, `Multiply`...), "concat", "matmul" (`Dot`, `keras.ops.matmul`
-      or `einsum` between two tensors), "attention" (MultiHeadAttention: projections and two matmuls
-      inside one layer);
+      or `einsum` between two tensors);
     - "other": anything else (left alone by the algorithms that do not know it).
 
     Args:
@@ -174,19 +171,20 @@ _BASE_ATTRIBUTES = frozenset(dir(keras.layers.Layer())) | frozenset(dir(keras.Mo
 def is_container(layer):
     """Whether `layer` is a layer (or subclassed model) whose sublayers are its attributes and are
     compressed one by one: a composite layer of the user's or of a library (KerasHub's transformer
-    blocks), a Keras wrapper layer (`TimeDistributed`, `Bidirectional`), or a layer that lists its
+    blocks), a Keras wrapper layer (`TimeDistributed`, `Bidirectional`), MultiHeadAttention (its
+    projections; its matmuls are seen through `keras_compress.operations`), or a layer that lists its
     sublayers with a `compression_children()` method.
 
-    Keras' other layers with sublayers (MultiHeadAttention, RNN) are leaves: their inner layers are
-    details of their implementation. Sequential and Functional models (subclasses included) are
+    Keras' other layers with sublayers (RNN) are leaves: their inner layers are details of their
+    implementation. Sequential and Functional models (subclasses included) are
     graphs, not containers; keras_compress' own layers are neither.
     """
     if not isinstance(layer, keras.layers.Layer) or is_graph_model(layer) or isinstance(layer, CompressionLayer):
         return False
     if hasattr(type(layer), "compression_children"):
         return True
-    if _is_keras_layer(layer):
-        return isinstance(layer, keras.layers.Wrapper)
+    if _is_keras_layer(layer):  # its wrappers, and attention (projections, softmax and dropout sublayers)
+        return isinstance(layer, (keras.layers.Wrapper, keras.layers.MultiHeadAttention))
     return isinstance(layer, keras.Model) or bool(_attribute_children(layer))
 
 

@@ -34,7 +34,7 @@ class InputsWrapper(CompressionLayer, keras.layers.Wrapper):
     """
 
     def __init__(self, layer, inputs, **kwargs):
-        kwargs.setdefault("name", f"{layer.name}_inputs")
+        kwargs.setdefault("name", layer.name)  # it stands for the layer (a graph names it, scopes match it)
         super().__init__(layer, **kwargs)
         items = sorted((int(position), inner) for position, inner in inputs.items())
         self.positions = [position for position, _ in items]
@@ -43,9 +43,12 @@ class InputsWrapper(CompressionLayer, keras.layers.Wrapper):
             for _, inner in items
         ]
 
-    def build(self, input_shape=None):
-        # The wrapped layer builds on its first call (it may take several inputs, whose shapes its own
-        # `build` knows how to read); the input layers (activation quantizers) need no shape.
+    def build(self, *args, **kwargs):
+        # The shapes are the wrapped layer's (a parent's `build()` may build it by hand, with the
+        # arguments of the wrapped layer's own `build`); the input layers (activation quantizers)
+        # need no shape.
+        if not self.layer.built and (args or kwargs) and not all(a is None for a in (*args, *kwargs.values())):
+            self.layer.build(*args, **kwargs)
         for layer in self.input_layers:
             if not layer.built:
                 layer.build()

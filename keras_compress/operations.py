@@ -9,9 +9,10 @@ method): when recording, it becomes a node of the container's graph (role "matmu
 compressed, the container's layers for that node's inputs (activation quantizers) are applied to the
 operands. Calls from anywhere else, sublayers included, run unchanged.
 
-`keras.layers.MultiHeadAttention` computes its matmuls with Keras' own internal ops; a subclass of it
-(KerasHub's `CachedMultiHeadAttention`) gets `attention_with_public_ops` as its `_compute_attention`
-(the method Keras documents for overriding), the same computation with the public ops.
+`keras.layers.MultiHeadAttention` computes its matmuls with Keras' own internal ops: it (and a subclass
+of it, KerasHub's `CachedMultiHeadAttention`) gets `attention_with_public_ops` as its
+`_compute_attention` (the method Keras documents for overriding), the same computation with the public
+ops; its projections, softmax and dropout are sublayers, compressed as any composite layer's.
 """
 
 from __future__ import annotations
@@ -158,43 +159,50 @@ def attention_with_public_ops(
     return_attention_scores=False,
     use_causal_mask=False,
 ):
-    """`MultiHeadAttention._compute_attention` (its einsum path) written with the public `keras.ops`.
+    """`MultiHeadAttention._compute_attention` written with the public `keras.ops`.
 
-    The projected query is scaled by `1 / sqrt(key_dim)`, the scores are `einsum(key, query)`, the
-    mask and softmax as Keras' masked softmax, dropout by the layer's own dropout sublayer, and the
-    output `einsum(probabilities, value)`: what MultiHeadAttention computes on every path (its fused
-    `dot_product_attention` path included), up to float rounding.
+    What Keras computes on every path, up to float rounding: the projected query scaled by
+    `1 / sqrt(key_dim)`, the scores, Keras' masked softmax (a query row that sees no key: zero where
+    Keras takes its masked-softmax path, spread evenly where it takes `dot_product_attention`), the
+    layer's dropout, and the probabilities times the values. With one attention axis the query comes
+    first (`btnh,bsnh->bnts`): TensorFlow then emits MatMul -> Softmax -> MatMul, which OpenVINO's CPU
+    plugin fuses into one int8 attention kernel; its two matmuls are intercepted (the module doc).
     """
     rank = len(query.shape)
     axes = self.attention_axes
     axes = tuple(range(1, rank - 2)) if axes is None else tuple(a % rank for a in axes)
     dot_equation, combine_equation, scores_rank = attention_equations(rank, axes)
+    query_first = rank == 4 and axes == (1,)
+    if query_first:
+        dot_equation, combine_equation = "btnh,bsnh->bnts", "bnts,bsnh->btnh"
     query = ops.multiply(query, ops.cast(1.0 / math.sqrt(float(self.key_dim)), query.dtype))
-    scores = ops.einsum(dot_equation, key, query)
+    scores = ops.einsum(dot_equation, query, key) if query_first else ops.einsum(dot_equation, key, query)
     if attention_mask is None and use_causal_mask:
         ones = ops.ones((ops.shape(query)[1], ops.shape(key)[1]), dtype="int32")
         attention_mask = ops.expand_dims(ops.greater_equal(ops.cumsum(ones, axis=0), ops.cumsum(ones, axis=1)), 0)
     norm_axes = tuple(range(scores_rank - len(axes), scores_rank))
+    mask = None
     if attention_mask is not None:
         mask = ops.cast(attention_mask, scores.dtype)
         for _ in range(len(scores.shape) - len(mask.shape)):
             mask = ops.expand_dims(mask, axis=-len(axes) * 2 - 1)
         scores = ops.add(scores, ops.multiply(ops.subtract(1.0, mask), ops.cast(-1e9, scores.dtype)))
-    if len(norm_axes) == 1:  # one Softmax op (OpenVINO fuses MatMul -> Softmax -> MatMul)
+    if len(norm_axes) == 1:  # one Softmax op
         probabilities = ops.softmax(scores, axis=norm_axes[0])
     else:
         probabilities = ops.exp(ops.subtract(scores, ops.logsumexp(scores, axis=norm_axes, keepdims=True)))
-    if attention_mask is not None:
+    masked_softmax_path = self.dropout > 0 or return_attention_scores or rank != 4
+    if mask is not None and masked_softmax_path:
         probabilities = ops.multiply(probabilities, mask)
     dropped = self._dropout_layer(probabilities, training=training) if self.dropout > 0 else probabilities
     return ops.einsum(combine_equation, dropped, value), probabilities
 
 
 def has_private_attention(cls):
-    """Whether layer class `cls` is a subclass of Keras' MultiHeadAttention that keeps Keras'
+    """Whether layer class `cls` is Keras' MultiHeadAttention or a subclass that keeps its
     `_compute_attention` (whose matmuls use Keras' internal ops: it gets `attention_with_public_ops`)."""
     mha = keras.layers.MultiHeadAttention
-    return issubclass(cls, mha) and cls is not mha and getattr(cls, "_compute_attention", None) is mha._compute_attention
+    return issubclass(cls, mha) and getattr(cls, "_compute_attention", None) is mha._compute_attention
 
 
 @contextlib.contextmanager

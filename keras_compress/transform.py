@@ -221,6 +221,12 @@ class Transformer:
 
     # ------------------------------------------------------------------ containers
     def _container(self, obj, path):
+        if self.replaying is not None and not obj.built and not self._is_frozen(path):
+            config = self.replaying.get("builds", {}).get(path)
+            if config:  # a layer that makes its sublayers in build(): they must exist to be replaced
+                obj.build_from_config(config)
+        elif obj.built and type(obj).build is not keras.layers.Layer.build and not isinstance(obj, keras.Model):
+            self.record["builds"][path] = obj.get_build_config()
         recorded = self.recorded.get(id(obj))
         planned, operations = self._input_layers(recorded, path) if recorded is not None else ({}, {})
         if self.replaying is not None and not self._is_frozen(path):
@@ -244,6 +250,9 @@ class Transformer:
             cls = compressed_class(type(obj)) if changed else type(obj)
             shell = copy_layer(obj, replacements, cls=cls)
             if operations:
+                for layer in operations.values():
+                    if not layer.built:
+                        layer.build()
                 set_tracked(shell, OPERATIONS, operations)
             if vars(shell).get(OPERATIONS):
                 self.record["operations"][path] = {
@@ -483,8 +492,12 @@ class Transformer:
 
 def replay(base, record):
     """Applies a record (`Transformer.record`) to a freshly made user object: how a compressed layer
-    or model is loaded."""
-    return Transformer(record=record).transform(base)
+    or model is loaded. A graph model is then run once, which builds the layers its graph does not
+    build (a container's sublayers when it has a shape rule of its own), before Keras loads weights."""
+    model = Transformer(record=record).transform(base)
+    if is_graph_model(model):
+        model(sample_inputs(model), training=False)
+    return model
 
 
 CompressedLayer.replay = staticmethod(replay)

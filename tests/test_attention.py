@@ -1,7 +1,5 @@
-"""MultiHeadAttention: reproduced with public ops, quantized where OpenVINO runs it in int8, saved, loaded,
-stripped and exported."""
-
-from pathlib import Path
+"""MultiHeadAttention: a composite layer whose projections are compressed and whose two matmuls are
+computed with public ops (and quantized where OpenVINO runs them in int8); saved, loaded, stripped, exported."""
 
 import keras
 import numpy as np
@@ -10,16 +8,16 @@ import pytest
 import keras_compress as kc
 from helpers import int8_counts, propagated_step, quantization_config, run_program
 from keras_compress.benchmark import compile_ir, compute_op_precisions, runtime_precisions
-from keras_compress.graph import iter_layers
-from keras_compress.quantization.attention import attention_equations
+from keras_compress.compressed import compressed_class
+from keras_compress.graph import iter_layers, layers_by_path
+from keras_compress.operations import attention_equations
 
 L = keras.layers
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def float_wrapper(mha):
-    """An `AttentionQuantizeWrapper` around a copy of `mha`, with no quantizer."""
-    return kc.AttentionQuantizeWrapper(L.MultiHeadAttention.from_config(mha.get_config()), {}, None)
+def float_copy(mha):
+    """A layer like `mha` of its compressed class (its attention computed with the public ops), no quantizer."""
+    return compressed_class(L.MultiHeadAttention)(**mha.get_config())
 
 
 def test_attention_equations_are_keras_ones():
@@ -33,7 +31,7 @@ def test_attention_equations_are_keras_ones():
     ["self", "cross_with_key", "attention_mask", "causal", "keras_mask", "keras_mask_dropout", "two_attention_axes",
      "scores"],
 )  # fmt: skip
-def test_the_wrapper_computes_what_multi_head_attention_computes(case):
+def test_the_public_ops_attention_computes_what_multi_head_attention_computes(case):
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     # With dropout (inactive at inference) Keras takes another path, which treats a fully masked query
@@ -52,7 +50,7 @@ def test_the_wrapper_computes_what_multi_head_attention_computes(case):
         kwargs["use_causal_mask"] = True
     elif case == "scores":
         kwargs["return_attention_scores"] = True
-    wrapper = float_wrapper(mha)
+    wrapper = float_copy(mha)
     if case.startswith("keras_mask"):  # masks carried by the tensors, from an Embedding with mask_zero
         ids = keras.Input((5,), dtype="int32")
         embedded = L.Embedding(10, 6, mask_zero=True)(ids)
@@ -64,7 +62,7 @@ def test_the_wrapper_computes_what_multi_head_attention_computes(case):
     else:
         expected = mha(*args, **kwargs)
         wrapper(*args, **kwargs)
-        wrapper.layer.set_weights(mha.get_weights())
+        wrapper.set_weights(mha.get_weights())
         got = wrapper(*args, **kwargs)
     for e, g in zip(keras.tree.flatten(expected), keras.tree.flatten(got)):
         np.testing.assert_allclose(np.asarray(g), np.asarray(e), atol=2e-6)
@@ -88,16 +86,24 @@ def test_multi_head_attention_is_quantized_and_runs_int8_in_openvino(tmp_path):
     # The overflow fix (the default; off in the helper): the int8 kernels of CPUs without VNNI keep 7 bits of
     # each weight, so only with it does the IR compute what Keras does on every x86 CPU (see the end).
     compressed, ctrl = kc.compress(model, quantization_config(overflow_fix="enable"), dataset=x)
-    wrapper = compressed.get_layer("attention")
-    assert isinstance(wrapper, kc.AttentionQuantizeWrapper)
+    attention = compressed.get_layer("attention")
+    assert isinstance(attention, L.MultiHeadAttention) and isinstance(attention, kc.CompressedLayer)
+    paths = layers_by_path(compressed)
+    projections = {name: paths[f"attention/_{name}_dense"] for name in ("query", "key", "value", "output")}
+    kernels = {}
+    for name, layer in projections.items():
+        inner = layer.layer if isinstance(layer, kc.InputsWrapper) else layer
+        assert isinstance(inner, kc.QuantizeWrapper), (name, layer)
+        kernels[name] = tuple(inner.quantizers["kernel"].variables["scale"].shape)
     # The kernels have one range per output unit: (C, heads, key_dim) for q/k/v, (heads, key_dim, C) for output.
-    shapes = {name: tuple(q.variables["scale"].shape) for name, q in wrapper.quantizers.items()}
-    assert shapes == {"query": (1, 4, 8), "key": (1, 4, 8), "value": (1, 4, 8), "output": (1, 1, 32)}
-    fqs = wrapper.activation_quantizers
-    assert not fqs["probabilities"].quantizer.is_signed  # the softmax output: u8
-    assert all(fqs[name].quantizer.is_signed for name in ("query", "key", "value"))
-    # The attention quantizes its own inputs: the graph puts no quantizer in front of it, and the
-    # residual add, normalized before it is read, stays in float.
+    assert kernels == {"query": (1, 4, 8), "key": (1, 4, 8), "value": (1, 4, 8), "output": (1, 1, 32)}
+    # The inputs of the projections and of both matmuls: the query and key (Q K^T, the key signed), the
+    # probabilities (unsigned: a softmax) and the values (P V, signed).
+    operations = {p.rsplit("/", 1)[1]: layer for p, layer in paths.items() if "/_compression_operations/" in p}
+    assert sorted(operations) == ["0_0", "0_1", "1_0", "1_1"]
+    assert operations["0_1"].quantizer.is_signed and operations["1_1"].quantizer.is_signed
+    assert not operations["1_0"].quantizer.is_signed
+    # The residual add, normalized before it is read, stays in float.
     graph_quantizers = {layer.name for layer in compressed.layers if isinstance(layer, kc.FakeQuantize)}
     assert graph_quantizers == {"norm_quantizer", "up_quantizer", "pool_quantizer"}
     figures = ctrl.statistics().figures()
@@ -120,8 +126,9 @@ def test_multi_head_attention_is_quantized_and_runs_int8_in_openvino(tmp_path):
     assert int8_counts(runtime_precisions(plain, ("MatMul",))) == {("MatMul", "int8"): 2}
     got = compiled(x[:8])[0]
     expected = compressed.predict(x[:8], verbose=0)
-    # Within one step of the head's input quantizer, propagated through the head (measured: 0.12 of it on
-    # AVX512-VNNI/AMX, 0.06 with the kernels capped at AVX2; without the overflow fix 3.7 there).
+    # Within one step of the head's input quantizer, propagated through the head (measured before the attention
+    # became a composite layer: 0.12 of it on AVX512-VNNI/AMX, 0.06 with the kernels capped at AVX2; without the
+    # overflow fix 3.7 there).
     step = propagated_step(compressed.get_layer("pool_quantizer"), compressed.get_layer("head").layer.kernel)
     assert np.abs(got - expected).max() < step, (np.abs(got - expected).max(), step)
 
@@ -133,11 +140,13 @@ def test_quantized_attention_trains_saves_loads_in_a_new_process_and_strips(tmp_
     x, y = rng.normal(size=(32, 16, 32)).astype("float32"), rng.integers(0, 4, 32)
     compressed, ctrl = kc.compress(model, quantization_config(), dataset=x)
     compressed.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    wrapper = compressed.get_layer("attention")
-    scales = [v for v in wrapper.trainable_weights if v.name.endswith("_scale")]
+    attention = compressed.get_layer("attention")
+    scales = [v for v in attention.trainable_weights if v.name.endswith("_scale")]
     before = [np.array(v) for v in scales]
     compressed.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=ctrl.callbacks())
-    assert len(scales) == 4 + 7  # four kernels; the inputs (query, value), Q, K, P, V and the context
+    # four kernels; the inputs of the projections (the query and the shared value/key input: one each per
+    # projection), Q, K, P, V and the input of the output projection
+    assert len(scales) >= 4 + 7, len(scales)
     assert sum(not np.allclose(b, np.array(v)) for b, v in zip(before, scales)) >= 6  # the ranges are trained
     path = tmp_path / "block.keras"
     compressed.save(path)
@@ -151,25 +160,33 @@ def test_quantized_attention_trains_saves_loads_in_a_new_process_and_strips(tmp_
     # An inference model: ranges are constants, not variables (OpenVINO's converter crashed on SavedModels
     # with too many variables); it has exactly the FP32 model's variables.
     assert len(stripped.variables) == len(model.variables)
-    frozen = [layer for layer in iter_layers(stripped) if isinstance(layer, kc.AttentionQuantizeWrapper)]
-    assert len(frozen) == 1 and frozen[0].frozen_ranges is not None
+    frozen = [layer for layer in iter_layers(stripped) if isinstance(layer, kc.QuantizeWrapper)]
+    assert len(frozen) == 6 and all(layer.frozen_ranges is not None for layer in frozen)
 
 
-def test_attention_variants_that_the_wrapper_does_not_reproduce_are_listed():
+def test_every_attention_variant_is_compressed_as_a_composite_layer():
     inputs = keras.Input((4, 8))
     gated = L.MultiHeadAttention(2, 4, use_gate=True, name="gated")(inputs, inputs)
     model = keras.Model(inputs, L.Dense(2, name="head")(gated))
-    compressed, ctrl = kc.compress(model, quantization_config(), dataset=np.ones((4, 4, 8), "float32"))
-    assert ctrl.statistics().skipped() == {"gated": "quantization: MultiHeadAttention with use_gate=True is not supported"}
-    assert isinstance(compressed.get_layer("gated"), L.MultiHeadAttention)
+    x = np.random.default_rng(0).normal(size=(8, 4, 8)).astype("float32")
+    compressed, ctrl = kc.compress(model, quantization_config(), dataset=x)
+    assert ctrl.statistics().skipped() == {}
+    assert ctrl.statistics().figures()["quantization/weight_quantizers"] == 5 + 1  # gate, q, k, v, output; head
+    reference = model.predict(x, verbose=0)
+    assert np.linalg.norm(compressed.predict(x, verbose=0) - reference) < 0.1 * np.linalg.norm(reference)
 
 
-@pytest.mark.parametrize("algorithm", ["magnitude_sparsity", "filter_pruning"])
-def test_other_algorithms_list_the_attention_with_the_reason(algorithm):
+def test_sparsity_reaches_the_attention_projections_and_pruning_lists_them():
     model = attention_model()
-    _, ctrl = kc.compress(model, {"compression": {"algorithm": algorithm}}, dataset=np.ones((4, 16, 32), "float32"))
-    reason = ctrl.statistics().skipped()["attention"]
-    assert reason == f"{algorithm}: attention layers are " + (
-        "not sparsified by magnitude_sparsity" if algorithm == "magnitude_sparsity" else "not pruned (only convolution "
-        "filters are)"
-    )
+    x = np.random.default_rng(0).normal(size=(8, 16, 32)).astype("float32")
+    config = {"compression": {"algorithm": "magnitude_sparsity", "sparsity_init": 0.5}}
+    compressed, ctrl = kc.compress(model, config, dataset=x)
+    stripped = ctrl.strip()
+    kernels = [keras.ops.convert_to_numpy(getattr(stripped.get_layer("attention"), f"{name}_dense").kernel)
+               for name in ("query", "key", "value", "output")]  # fmt: skip
+    # One threshold over all the weights (global mode): the projections hold their share of the zeros.
+    assert sum(int(np.sum(k == 0)) for k in kernels) / sum(k.size for k in kernels) >= 0.45
+    assert all(np.mean(k == 0) > 0.3 for k in kernels)
+    _, ctrl = kc.compress(model, {"compression": {"algorithm": "filter_pruning"}}, dataset=x)
+    skipped = ctrl.statistics().skipped()
+    assert skipped["attention/_query_dense"] == "filter_pruning: einsum_dense layers are not pruned (only convolution filters are)"

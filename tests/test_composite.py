@@ -46,9 +46,9 @@ def reload_and_export(model, x, tmp_path, config=None):
     path = tmp_path / "model.keras"
     model.save(path)
     expected = model.predict(x, verbose=0)
-    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "x.npz", **(x if isinstance(x, dict) else {"x": x}))
     np.save(tmp_path / "expected.npy", expected)
-    args = [path, tmp_path / "x.npy", tmp_path / "expected.npy", tmp_path / "ir", "--module", "composite_models"]
+    args = [path, tmp_path / "x.npz", tmp_path / "expected.npy", tmp_path / "ir", "--module", "composite_models"]
     if config is not None:
         (tmp_path / "config.json").write_text(json.dumps(config))
         args += ["--config", tmp_path / "config.json"]

@@ -178,7 +178,22 @@ LAYER_CASES = [
     ("einsum_dense_bias", L.EinsumDense, dict(equation="abc,cd->abd", output_shape=(None, 5), bias_axes="d"),
      (2, 7, 3)),
     ("embedding", L.Embedding, dict(input_dim=10, output_dim=4), None),
+    ("reversible_embedding", L.ReversibleEmbedding, dict(input_dim=10, output_dim=4), None),
 ]  # fmt: skip
+
+
+@pytest.mark.parametrize("tie_weights", [True, False], ids=["tied", "untied"])
+def test_a_reversible_embedding_is_reproduced_as_a_language_model_head(tie_weights):
+    layer = L.ReversibleEmbedding(10, 4, tie_weights=tie_weights, logit_soft_cap=5.0)
+    layer(np.zeros((2, 3), "int32"))
+    for w in layer.weights:
+        w.assign(np.random.default_rng(0).normal(size=w.shape).astype("float32"))
+    x = data((2, 3, 4))
+    expected = np.asarray(layer(x, reverse=True))
+    np.testing.assert_allclose(np.asarray(call_with_weights(layer, x, {}, None, reverse=True)), expected, rtol=1e-5)
+    wrapper = WeightsWrapper(layer)
+    np.testing.assert_allclose(np.asarray(wrapper(x, reverse=True)), expected, rtol=1e-5)
+    assert compressible_spec(layer).channel_axes == {"embeddings": 0, **({} if tie_weights else {"reverse_embeddings": -1})}
 
 
 def _layer_and_input(cls, kwargs, shape, seed=0):

@@ -9,6 +9,7 @@ import numpy as np
 
 from keras_compress.algorithm import CompressionAlgorithm
 from keras_compress.compressible import compressible_spec, unsupported_reason
+from keras_compress.graph import is_graph_model
 from keras_compress.pruning.flops import model_costs, total_cost
 from keras_compress.pruning.groups import analyze_channels
 from keras_compress.pruning.importance import FILTER_IMPORTANCE_FUNCTIONS, l2_normalized
@@ -61,12 +62,34 @@ class FilterPruningAlgorithm(CompressionAlgorithm):
         self.epoch = None
         self.scheduled = True  # False once `set_level` overrides the schedule
         self._cache = (None, None)
+        self.in_containers = {}  # id(layer) -> the container whose call() uses it (not pruned)
+        self.container_skipped = {}  # layer path -> reason
 
     # ----------------------------------------------------------------- transform hooks
+    def plan(self, graph, path):
+        """Notes the layers a composite layer calls in its `call()` (a graph recorded from a forward
+        pass, not a graph model's): their filters are not pruned (see `wrap`)."""
+        owner = graph.owner
+        inside = owner is not None and (not is_graph_model(owner) or id(owner) in self.in_containers)
+        if inside:  # a container's graph, or a graph model a container calls
+            name = self.in_containers.get(id(owner), owner.name)
+            for node in graph.calls:
+                if isinstance(node.layer, keras.layers.Layer):
+                    self.in_containers[id(node.layer)] = name
+        return None
+
     def wrap(self, original, layer, path):
         """Wraps Conv/Dense layers (the fresh copy `layer` of `original`) in a `FilterPruningWrapper`."""
         spec = compressible_spec(original)
         if spec is None or spec.kind not in MASKED_KINDS or unsupported_reason(original) is not None:
+            return layer
+        if id(original) in self.in_containers:
+            self.container_skipped[f"{path}{original.name}"] = (
+                f"inside composite layer {self.in_containers[id(original)]!r}: the operations of its call() that "
+                "join channels (residual adds, reshapes) are not visible, so no filter group can be formed"
+                if spec.kind == "conv"
+                else f"{spec.kind} layers are not pruned (only convolution filters are)"
+            )
             return layer
         return FilterPruningWrapper(layer)
 
@@ -245,7 +268,7 @@ class FilterPruningAlgorithm(CompressionAlgorithm):
         if self.flops_mode:
             figures["filter_level"] = float(self.filter_level or 0.0)
         header = ["layer", "filters kept", "params full", "params now", "FLOPs full", "FLOPs now"]
-        skipped = dict(analysis.skipped)
+        skipped = {**self.container_skipped, **analysis.skipped}
         for use in analysis.uses:
             spec = compressible_spec(use.base)
             if use.kind == "other" and spec is not None:

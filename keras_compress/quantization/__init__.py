@@ -3,7 +3,6 @@
 - `quantizers`: `QuantizerSpec` and `Quantizer` (range variables on a host layer, fake-quant ops);
 - `fake_quantize`: `FakeQuantize`, the activation quantizer layer inserted into the graph;
 - `quantize_wrapper`: `QuantizeWrapper`, which fake-quantizes a layer's weights;
-- `attention`: `AttentionQuantizeWrapper`, MultiHeadAttention with quantized projections and matmuls;
 - `placement`: where activation quantizers go (a pure function of the graph);
 - `range_init`: `RangeCollector` (NNCF's range initializers);
 - `precision`: mixed precision (HAWQ sensitivity, bit budget);
@@ -11,13 +10,11 @@
 """
 
 from keras_compress.quantization.algorithm import QuantizationAlgorithm
-from keras_compress.quantization.attention import AttentionQuantizeWrapper
 from keras_compress.quantization.fake_quantize import FakeQuantize
 from keras_compress.quantization.quantize_wrapper import QuantizeWrapper
 from keras_compress.quantization.quantizers import Quantizer, QuantizerSpec
 
 __all__ = [
-    "AttentionQuantizeWrapper",
     "FakeQuantize",
     "QuantizationAlgorithm",
     "QuantizeWrapper",

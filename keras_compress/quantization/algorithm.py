@@ -14,7 +14,6 @@ from keras_compress.calibration import run_batches
 from keras_compress.compressible import compressible_spec, weight_channel_axes
 from keras_compress.config.scopes import split_precision_scope
 from keras_compress.graph import iter_layers, layers_by_path
-from keras_compress.quantization.attention import PROJECTIONS, AttentionQuantizeWrapper, projection_layers
 from keras_compress.quantization.fake_quantize import FakeQuantize
 from keras_compress.quantization.placement import AGNOSTIC_ROLES, plan_activation_quantizers
 from keras_compress.quantization.precision import (
@@ -34,8 +33,7 @@ logger = logging.getLogger("keras_compress")
 
 #: Kinds of compressible layers whose weights are quantized (embeddings are not).
 WEIGHT_KINDS = (
-    "conv", "depthwise", "separable", "conv_transpose", "dense", "einsum_dense", "attention", "reversible_embedding",
-    "custom",
+    "conv", "depthwise", "separable", "conv_transpose", "dense", "einsum_dense", "reversible_embedding", "custom",
 )  # fmt: skip
 
 
@@ -48,8 +46,7 @@ class QuantizationAlgorithm(CompressionAlgorithm):
     """
 
     name = "quantization"
-    layer_types = (QuantizeWrapper, AttentionQuantizeWrapper, FakeQuantize)
-    weight_layer_types = (AttentionQuantizeWrapper,)
+    layer_types = (QuantizeWrapper, FakeQuantize)
 
     def __init__(self, config, target_device="ANY"):
         super().__init__(config, target_device)
@@ -159,23 +156,13 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         if not self.selects_weights(original, path):
             return layer
         spec = compressible_spec(original)
-        if spec.kind == "attention":
-            return self._wrap_attention(original, layer, path)
         specs = {attr: self._weight_spec(original, attr, path) for attr in spec.weights}
         between = self._inner_activation_settings(original, path) if spec.kind == "separable" else None
         return QuantizeWrapper(layer, specs, between_quantizer=between)
 
-    def _wrap_attention(self, original, layer, path):
-        """An `AttentionQuantizeWrapper` around a MultiHeadAttention: one weight spec per projection
-        (each kernel's channel axes are found when the wrapper is built) and its activation quantizers."""
-        settings = self._weight_settings(original, path)
-        specs = {name: dict(settings) for name in PROJECTIONS}
-        return AttentionQuantizeWrapper(layer, specs, self._inner_activation_settings(original, path))
-
     def _inner_activation_settings(self, layer, path):
-        """`FakeQuantize` arguments for the activation quantizers a wrapper holds inside `layer` (the
-        middle of a separable convolution, the attention matmuls), or None when activations of
-        `layer` are out of scope."""
+        """`FakeQuantize` arguments for the activation quantizer a wrapper holds inside `layer` (the
+        middle of a separable convolution), or None when activations of `layer` are out of scope."""
         names = self._names(layer, path)
         if not self._in_scope(names, self.config.activations):
             return None
@@ -232,8 +219,8 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         return [layer for layer in iter_layers(model) if isinstance(layer, FakeQuantize)]
 
     def weight_wrappers(self, model):
-        """The layers holding weight quantizers (`QuantizeWrapper`, `AttentionQuantizeWrapper`)."""
-        return [layer for layer in iter_layers(model) if isinstance(layer, (QuantizeWrapper, AttentionQuantizeWrapper))]
+        """The layers holding weight quantizers (`QuantizeWrapper`)."""
+        return [layer for layer in iter_layers(model) if isinstance(layer, QuantizeWrapper)]
 
     def num_init_samples(self):
         return max((c.num_init_samples for c in _range_configs(self.config)), default=0)
@@ -271,18 +258,14 @@ class QuantizationAlgorithm(CompressionAlgorithm):
         originals = layers_by_path(original_model)
         kernels, axes, owners = {}, {}, {}
         for path, layer in layers_by_path(model).items():
-            quantizing = (QuantizeWrapper, AttentionQuantizeWrapper)
-            while not isinstance(layer, quantizing) and isinstance(layer, keras.layers.Wrapper):
+            while not isinstance(layer, QuantizeWrapper) and isinstance(layer, keras.layers.Wrapper):
                 layer = layer.layer
-            if not isinstance(layer, quantizing) or path not in originals:
+            if not isinstance(layer, QuantizeWrapper) or path not in originals:
                 continue
             original = originals[path]
             for attr, quantizer in layer.quantizers.items():
                 name = f"{path}/{attr}"
-                if isinstance(layer, AttentionQuantizeWrapper):
-                    kernels[name] = projection_layers(original)[attr].kernel
-                else:
-                    kernels[name] = getattr(original, attr)
+                kernels[name] = getattr(original, attr)
                 axes[name] = quantizer.spec.axis if quantizer.spec.axis is not None else -1
                 owners[name] = (layer, attr)
         data, seen = [], 0

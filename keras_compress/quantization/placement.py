@@ -22,9 +22,7 @@ The rules follow what OpenVINO's CPU plugin needs to run layers in INT8 (see doc
 - the inputs of a merge are quantized only when the merge's result is read in int8 (by a quantizing
   consumer, possibly through activations, BatchNormalization or precision-preserving layers), as
   residual adds in CNNs are; a residual add that is normalized first (a transformer's
-  `LayerNormalization(x + attention(x))`) stays in float, as in NNCF's transformer preset;
-- layers that quantize their own inputs (`AttentionQuantizeWrapper` around MultiHeadAttention) get
-  none from the graph.
+  `LayerNormalization(x + attention(x))`) stays in float, as in NNCF's transformer preset.
 """
 
 from __future__ import annotations
@@ -36,7 +34,6 @@ __all__ = [
     "plan_activation_quantizers",
     "AGNOSTIC_ROLES",
     "QUANTIZED_INPUT_ROLES",
-    "SELF_QUANTIZED_ROLES",
 ]
 
 #: Node roles whose output is on the input's quantization grid when the input is (precision
@@ -45,8 +42,6 @@ AGNOSTIC_ROLES = ("identity", "spatial", "reshape")
 #: Node roles whose inputs are quantized: average pooling, merges (`Add`, `x + y`, Concatenate) and
 #: matmuls between activations.
 QUANTIZED_INPUT_ROLES = ("average_pool", "merge", "concat", "matmul")
-#: Node roles whose (wrapped) layers quantize their own inputs: the graph puts no quantizer there.
-SELF_QUANTIZED_ROLES = ("attention",)
 #: Node roles a merge's result passes through on its way to an int8 reader (see `_merges_read_in_int8`).
 _TOWARDS_INT8_ROLES = (*AGNOSTIC_ROLES, "activation", "batchnorm", "channelwise")
 
@@ -102,8 +97,6 @@ def plan_activation_quantizers(
     for call in graph.calls:
         role = call.role
         merge = role in ("merge", "concat") and is_unified(call)
-        if role in SELF_QUANTIZED_ROLES:
-            continue
         if not (id(call.layer) in weight_quantized or role in QUANTIZED_INPUT_ROLES):
             continue
         if role == "merge" and call.index not in read_in_int8:
@@ -188,8 +181,7 @@ def _merges_read_in_int8(graph, weight_quantized, is_unified):
         role = call.role
         if role == "merge":
             return call.index in found
-        # A layer that quantizes its own inputs (attention) reads the float tensor.
-        return role not in SELF_QUANTIZED_ROLES and (id(call.layer) in weight_quantized or role in QUANTIZED_INPUT_ROLES)
+        return id(call.layer) in weight_quantized or role in QUANTIZED_INPUT_ROLES
 
     def read(refs, seen):
         for ref in refs:

@@ -1,6 +1,8 @@
 """Child program: loads a saved compressed model in a new process, checks it, exports it.
 
-Usage: reload_and_export.py MODEL.keras INPUTS.npy EXPECTED.npy OUT_DIR [--config CONFIG.json] [--module M ...]
+Usage: reload_and_export.py MODEL.keras INPUTS.npz EXPECTED.npy OUT_DIR [--config CONFIG.json] [--module M ...]
+
+INPUTS.npz holds the input batch: one array `x`, or one array per input of a model with named inputs.
 
 Imports keras_compress and the modules that register the model's classes (as a user's program does),
 loads the model with `keras.saving.load_model`, compares its predictions on INPUTS with EXPECTED,
@@ -36,7 +38,8 @@ def main(argv=None):
     for module in args.module:
         importlib.import_module(module)
     model = keras.saving.load_model(args.model)
-    x, expected = np.load(args.inputs), np.load(args.expected)
+    arrays, expected = np.load(args.inputs), np.load(args.expected)
+    x = arrays["x"] if list(arrays.keys()) == ["x"] else dict(arrays)
     result = {"type": type(model).__name__, "compressed_class": isinstance(model, kc.CompressedLayer)}
     result["same"] = float(np.abs(model.predict(x, verbose=0) - expected).max())
     if args.config:
@@ -47,7 +50,8 @@ def main(argv=None):
     compiled = compile_ir(xml, "f32")
     counts = compute_op_precisions(compiled, xml)
     result["precisions"] = {f"{kind}:{precision}": n for (kind, precision), n in counts.items()}
-    result["ir_error"] = float(np.abs(compiled(x)[0] - expected).max())
+    ir_inputs = {port.get_any_name(): x[port.get_any_name()] for port in compiled.inputs} if isinstance(x, dict) else x
+    result["ir_error"] = float(np.abs(compiled(ir_inputs)[0] - expected).max())
     print(json.dumps(result))
 
 
