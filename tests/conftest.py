@@ -7,7 +7,9 @@ them imports TensorFlow, Keras or keras_compress:
   the environment says otherwise;
 - this checkout's folder first on `sys.path`, then `tests/` (the shared helpers, the test models), and the
   same two first on `PYTHONPATH`, which the programs of `tests/programs/` inherit: the tests and their child
-  processes import this tree's keras_compress, whatever version is installed.
+  processes import this tree's keras_compress, whatever version is installed;
+- under ONEDNN_MAX_CPU_ISA=AVX2 (the AVX2 set of .ci/run), OpenVINO compiles as on an AVX2 CPU, in this process
+  and, through `tests/avx2/sitecustomize.py` first on `PYTHONPATH`, in every child (`avx2_openvino`).
 """
 
 import os
@@ -24,30 +26,12 @@ for _path in (str(TESTS), str(ROOT)):
     while _path in sys.path:
         sys.path.remove(_path)
     sys.path.insert(0, _path)
-_inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in (str(ROOT), str(TESTS))]
-os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), *_inherited])
+_ours = (str(TESTS / "avx2"), str(ROOT), str(TESTS))
+_inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in _ours]
+os.environ["PYTHONPATH"] = os.pathsep.join([*_ours, *_inherited])
 
+import avx2_openvino  # noqa: E402 - from tests/, on sys.path now
 
-def _compile_as_on_avx2(compile_model):
-    """`openvino.Core.compile_model` with the CPU settings the plugin picks by itself on an AVX2 CPU.
+if avx2_openvino.CAPPED:  # the test run capped at AVX2 (.ci/run): OpenVINO compiles as on an AVX2 CPU
+    avx2_openvino.install()
 
-    ONEDNN_MAX_CPU_ISA=AVX2 caps the oneDNN kernels of OpenVINO's CPU plugin, but the plugin decides some things
-    by the real CPU (in release builds; its debug builds also read OV_CPU_MAX_ISA): on an AVX512-BF16 CPU it
-    infers in bf16 by default, and with VNNI it quantizes the activations of a FullyConnected with int8 weights
-    and float inputs on the fly. Under the cap oneDNN then has no kernel for them ("could not create a primitive
-    descriptor"), which an AVX2 CPU never meets: there the plugin infers in f32 and runs such a FullyConnected in
-    f32. So, under the cap, compiles for the CPU start from those AVX2 choices; settings a test passes win.
-    """
-
-    def compile_as_on_avx2(self, model, device_name=None, config=None):
-        if device_name == "CPU":
-            config = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0", **(config or {})}
-        return compile_model(self, model, device_name, config)
-
-    return compile_as_on_avx2
-
-
-if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() == "AVX2":
-    import openvino
-
-    openvino.Core.compile_model = _compile_as_on_avx2(openvino.Core.compile_model)
