@@ -56,6 +56,7 @@ def reload_and_export(model, x, tmp_path):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_a_compressed_gpt2_keeps_its_class_and_generates_what_its_forward_pass_chooses():
     model = gpt2_lm()
     x = token_batch()
@@ -90,6 +91,7 @@ def test_a_compressed_gpt2_keeps_its_class_and_generates_what_its_forward_pass_c
     np.testing.assert_allclose(stripped.predict(x, verbose=0), compressed.predict(x, verbose=0), atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.openvino
 def test_a_compressed_gpt2_reloads_in_a_new_process_and_runs_every_matmul_in_int8(tmp_path):
     model = gpt2_lm()
