@@ -12,7 +12,10 @@ conftest.py calls `install` in the test process; `tests/avx2/sitecustomize.py` (
 conftest.py gives the child processes) calls it in every child, at start-up.
 """
 
+import importlib.abc
+import importlib.util
 import os
+import sys
 
 #: Whether this process runs with OpenVINO's oneDNN kernels capped at AVX2.
 CAPPED = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() == "AVX2"
@@ -21,9 +24,15 @@ AVX2_CHOICES = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_S
 
 
 def install():
-    """Makes `openvino.Core.compile_model` start CPU compiles from AVX2_CHOICES (once per process)."""
-    import openvino
+    """Makes `openvino.Core.compile_model` start CPU compiles from AVX2_CHOICES, now if openvino is imported, else
+    when it is (the process imports nothing it would not import without this)."""
+    if "openvino" in sys.modules:
+        _patch(sys.modules["openvino"])
+    elif not any(isinstance(finder, _PatchOnImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _PatchOnImport())
 
+
+def _patch(openvino):
     compile_model = openvino.Core.compile_model
     if compile_model.__name__ == "compile_as_on_avx2":
         return
@@ -34,3 +43,23 @@ def install():
         return compile_model(self, model, device_name, config)
 
     openvino.Core.compile_model = compile_as_on_avx2
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Patches the `openvino` package right after it is first imported."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "openvino":
+            return None
+        sys.meta_path.remove(self)  # once; and the search below must not find this finder again
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_patch(module):
+            exec_module(module)
+            _patch(module)
+
+        spec.loader.exec_module = exec_and_patch
+        return spec
