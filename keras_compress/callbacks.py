@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import keras
 
 from keras_compress import backend
 
 __all__ = ["CompressionScheduleCallback", "CompressionStatisticsCallback"]
+
+
+def _check_trained_model(controller, model) -> None:
+    """Raises `ValueError` unless `model` (the model `fit` trains) is the controller's model or contains it.
+
+    A model contains the controller's model when it holds all of its variables: the callbacks drive the
+    masks, levels and ranges of the controller's model, and training another one would leave them as they
+    are without a word.
+    """
+    compressed = getattr(controller, "model", None)
+    if model is None or compressed is None or model is compressed:
+        return
+    held = {id(variable) for variable in model.weights}
+    if all(id(variable) in held for variable in compressed.weights):
+        return
+    raise ValueError(
+        f"The callbacks of `ctrl.callbacks()` must be passed to `fit` of the model their controller compresses, "
+        f"{compressed.name!r}, or of a model that contains it. Received: `fit` of model {model.name!r}, which does "
+        "not hold that model's weights. Pass the callbacks of the trained model's own controller (`kc.compress` "
+        "returns it; `kc.compress(loaded_model, config)` gives a loaded model its controller)."
+    )
 
 
 class CompressionScheduleCallback(keras.callbacks.Callback):
@@ -27,6 +51,7 @@ class CompressionScheduleCallback(keras.callbacks.Callback):
         self._epoch_start_step = self._last_batch = None
 
     def on_train_begin(self, logs=None):
+        _check_trained_model(self.controller, self.model)
         self.controller.on_train_begin(self.params.get("steps") if self.params else None)
         # With no schedule that moves per step, the step counter is brought up to date once per epoch
         # instead of every step. On JAX, `fit` keeps the variables in its own state during an epoch:
@@ -90,6 +115,7 @@ class CompressionStatisticsCallback(keras.callbacks.Callback):
         self.log_dir = log_dir
         self._writer = None
         if log_dir:
+            _check_log_dir(log_dir)
             try:
                 import tensorboard  # noqa: F401
             except ImportError as err:
@@ -97,6 +123,9 @@ class CompressionStatisticsCallback(keras.callbacks.Callback):
                     "`log_dir` writes TensorBoard scalars and needs the tensorboard package: "
                     "pip install tensorboard"
                 ) from err
+
+    def on_train_begin(self, logs=None):
+        _check_trained_model(self.controller, self.model)
 
     def on_epoch_end(self, epoch, logs=None):
         statistics = self.controller.statistics()
@@ -112,3 +141,20 @@ class CompressionStatisticsCallback(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def _check_log_dir(log_dir) -> None:
+    """Raises, when the callbacks are made, for a `log_dir` that cannot become a folder (TensorFlow would fail
+    only when it writes, at the end of the first epoch)."""
+    if not isinstance(log_dir, (str, os.PathLike)):
+        raise TypeError(f"`log_dir` must be a folder path (str or os.PathLike). Received: log_dir={log_dir!r}")
+    path = Path(log_dir)
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                where = "" if folder == path else f", whose {str(folder)!r} is a file, not a folder"
+                raise NotADirectoryError(
+                    f"`log_dir` must be a folder path (it is created when missing). Received: "
+                    f"log_dir={os.fspath(log_dir)!r}{where or ', which is an existing file'}"
+                )
+            return

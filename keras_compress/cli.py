@@ -213,10 +213,12 @@ def _cmd_convert(args):
 
     try:
         xml = convert_saved_model(source, args.output, compress_to_fp16=args.fp16)
-    except RuntimeError as err:
+    except RuntimeError as err:  # the converter process's answer, or its crash
         raise CommandError(f"OpenVINO could not convert {str(source)!r}: {_one_line(err.__cause__ or err)}") from None
-    except Exception as err:  # noqa: BLE001 - OpenVINO raises its own error types
-        raise CommandError(f"OpenVINO could not convert {str(source)!r}: {_one_line(err)}") from None
+    except (ValueError, OSError) as err:  # the target, refused before OpenVINO was asked anything
+        raise CommandError(f"-o/--output: {_one_line(err)}") from None
+    except Exception as err:  # noqa: BLE001 - one line, never a traceback
+        raise CommandError(f"could not convert {str(source)!r}: {_one_line(err)}") from None
     print(xml)
     return 0
 

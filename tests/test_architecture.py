@@ -11,38 +11,37 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "keras_compress"
 MODULES = sorted(PACKAGE.rglob("*.py"))
 #: The CLI imports its commands lazily: `--help`, `schema` and `validate` must not load TensorFlow.
 LAZY_IMPORTS_ALLOWED = {PACKAGE / "cli.py"}
+#: import-linter's command (a `test` extra), next to this Python or on PATH.
+LINT_IMPORTS = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
 
 
 def _relative(path):
     return str(path.relative_to(ROOT))
 
 
-@pytest.mark.skipif(shutil.which("lint-imports") is None, reason="import-linter is not installed")
 def test_import_contracts_are_kept():
+    assert LINT_IMPORTS, "import-linter is not installed: pip install -e '.[test]'"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this tree, whatever is installed
-    result = subprocess.run(["lint-imports"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run([LINT_IMPORTS], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 kept, 0 broken" in result.stdout
 
 
 def test_an_upward_import_breaks_the_layers_contract(tmp_path):
     """The contract is not vacuous: a copy of the package with one upward import fails it."""
-    if shutil.which("lint-imports") is None:
-        pytest.skip("import-linter is not installed")
+    assert LINT_IMPORTS, "import-linter is not installed: pip install -e '.[test]'"
     copy = tmp_path / "keras_compress"
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
     graph = copy / "graph.py"
     graph.write_text(graph.read_text() + "\nfrom keras_compress.controller import compress  # noqa\n")
     shutil.copy(ROOT / "setup.cfg", tmp_path / "setup.cfg")
     result = subprocess.run(
-        ["lint-imports"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [LINT_IMPORTS], cwd=tmp_path, capture_output=True, text=True, timeout=300,
         env={"PYTHONPATH": str(tmp_path), "PATH": str(Path(sys.executable).parent)},
     )  # fmt: skip
     assert result.returncode != 0

@@ -1,19 +1,16 @@
 """ctrl.callbacks(): figures in logs, TensorBoard, resume with BackupAndRestore, accuracy bound."""
 
+import csv
 import os
+from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import keras
+import numpy as np
+import pytest
 
-import csv  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import keras_compress as kc  # noqa: E402
-from keras_compress.accuracy_aware import accuracy_bound  # noqa: E402
-from helpers import trained_digits_cnn  # noqa: E402
+import keras_compress as kc
+from helpers import trained_digits_cnn
+from keras_compress.accuracy_aware import accuracy_bound
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 NO_BN = {"batchnorm_adaptation": {"num_bn_adaptation_samples": 0}}

@@ -6,25 +6,14 @@ class so a saved model loads in a new process, is checked here too.
 
 import configparser
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
+from helpers import run_program
 from keras_compress import cli
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-
-
-def run_python(code, cwd=ROOT, timeout=300):
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                            timeout=timeout, env=ENV, cwd=cwd)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 # ----------------------------------------------------------------------------- the light commands
@@ -39,26 +28,7 @@ def test_help_version_schema_configs_and_validate_do_not_import_tensorflow(tmp_p
     """One new process runs the light commands as the console script does, then looks at sys.modules."""
     config = tmp_path / "mine.json"
     config.write_text(json.dumps({"compression": {"algorithm": "filter_pruning"}}))
-    result = run_python(
-        f"""
-        import contextlib, io, json, os, sys
-        import keras_compress_launcher
-
-        outputs = {{}}
-        for argv in (["--help"], ["--version"], ["demo", "--help"], ["benchmark", "--help"], ["schema"],
-                     ["configs"], ["validate", "int8"], ["validate", {str(config)!r}]):
-            out = io.StringIO()
-            with contextlib.redirect_stdout(out):
-                try:
-                    status = keras_compress_launcher.main(argv)
-                except SystemExit as exit:
-                    status = exit.code
-            outputs[" ".join(argv)] = (status, out.getvalue())
-        heavy = sorted(m for m in ("tensorflow", "keras", "numpy", "openvino") if m in sys.modules)
-        print(json.dumps({{"outputs": outputs, "heavy": heavy, "light": "KERAS_COMPRESS_LIGHT_IMPORT" in os.environ}}))
-        """,
-        cwd=tmp_path,
-    )
+    result = run_program("cli_light_commands.py", config, cwd=tmp_path, timeout=300)
     report = json.loads(result.stdout.splitlines()[-1])
     assert report["heavy"] == [] and report["light"] is False
     outputs = report["outputs"]
@@ -177,18 +147,7 @@ def test_tensorflow_start_up_lines_are_recognized_as_noise():
 
 @pytest.mark.slow
 def test_tensorflow_imported_by_the_cli_writes_nothing_to_stderr():
-    result = run_python(
-        """
-        import os, sys
-        os.environ["KERAS_COMPRESS_LIGHT_IMPORT"] = "1"  # as the launcher does
-        from keras_compress import cli
-        assert "tensorflow" not in sys.modules
-        cli._import_tensorflow()
-        import tensorflow as tf
-        tf.constant(1.0) + 1.0
-        assert "tensorflow" in sys.modules
-        """
-    )
+    result = run_program("cli_imports_tensorflow.py", cwd=ROOT, timeout=300)
     assert result.stderr == ""
 
 
@@ -208,34 +167,14 @@ def test_the_launcher_imports_only_the_standard_library_before_the_cli():
 
 @pytest.mark.slow
 def test_after_the_light_import_public_names_load_on_first_use():
-    result = run_python(
-        """
-        import os, sys
-        os.environ["KERAS_COMPRESS_LIGHT_IMPORT"] = "1"
-        import keras_compress as kc
-        from keras_compress import load_config
-        assert load_config("int8") and "tensorflow" not in sys.modules and "compress" in dir(kc)
-        compress = kc.compress  # imports the controller, and with it every registering module
-        print("keras_compress.pruning.wrapper" in sys.modules, "tensorflow" in sys.modules, callable(compress))
-        """
-    )
+    result = run_program("light_import_first_use.py", cwd=ROOT, timeout=300)
     assert result.stdout.split() == ["True", "True", "True"]
 
 
 # ----------------------------------------------------------------------------- the other side
 @pytest.mark.slow
 def test_import_keras_compress_still_registers_every_serializable_class():
-    result = run_python(
-        """
-        import sys
-        import keras_compress
-        registering = ["keras_compress.pruning.wrapper", "keras_compress.quantization.quantize_wrapper",
-                       "keras_compress.quantization.fake_quantize", "keras_compress.sparsity.wrappers"]
-        print([m for m in registering if m not in sys.modules])
-        import keras
-        print(keras.saving.get_registered_object("keras_compress>QuantizeWrapper") is keras_compress.QuantizeWrapper)
-        """
-    )
+    result = run_program("import_registers_classes.py", cwd=ROOT, timeout=300)
     assert result.stdout.split() == ["[]", "True"]
 
 
@@ -254,13 +193,6 @@ def test_a_saved_model_loads_in_a_new_process_after_import_keras_compress(tmp_pa
     compressed, _ = kc.compress(model, config, dataset=np.random.default_rng(0).random((8, 6, 6, 1), "float32"),
                                 verbose=0)  # fmt: skip
     compressed.save(tmp_path / "m.keras")
-    result = run_python(
-        f"""
-        import keras
-        import keras_compress
-        model = keras.saving.load_model({str(tmp_path / "m.keras")!r})
-        print(sorted({{type(layer).__name__ for layer in model.layers}}))
-        """
-    )
+    result = run_program("saved_layer_types.py", tmp_path / "m.keras", cwd=ROOT, timeout=300)
     names = result.stdout.splitlines()[-1]
     assert "QuantizeWrapper" in names and "FakeQuantize" in names

@@ -2,26 +2,15 @@
 round trip is broken, and custom layers that opt in: compressed, saved, reloaded, exported."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
+import composite_models as cm
+import keras
 import numpy as np
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import keras  # noqa: E402
-
-import keras_compress as kc  # noqa: E402
-import composite_models as cm  # noqa: E402
-from helpers import quantization_config  # noqa: E402
-from keras_compress.graph import iter_layers, layers_by_path  # noqa: E402
-
-TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
-INT8 = ("u8", "i8")  # int8 execution: which of the two depends on the CPU (AVX2 runs some MatMuls u8)
+import keras_compress as kc
+from helpers import INT8, quantization_config, run_program
+from keras_compress.graph import iter_layers, layers_by_path
 
 
 def tokens(n=32, maxlen=16, vocab=64, seed=0):
@@ -59,17 +48,15 @@ def reload_and_export(model, x, tmp_path, config=None):
     expected = model.predict(x, verbose=0)
     np.savez(tmp_path / "x.npz", **(x if isinstance(x, dict) else {"x": x}))
     np.save(tmp_path / "expected.npy", expected)
-    command = [sys.executable, str(TESTS / "programs" / "reload_and_export.py"), str(path), str(tmp_path / "x.npz"),
-               str(tmp_path / "expected.npy"), str(tmp_path / "ir"), "--module", "composite_models"]  # fmt: skip
+    args = [path, tmp_path / "x.npz", tmp_path / "expected.npy", tmp_path / "ir", "--module", "composite_models"]
     if config is not None:
         (tmp_path / "config.json").write_text(json.dumps(config))
-        command += ["--config", str(tmp_path / "config.json")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)])}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+        args += ["--config", tmp_path / "config.json"]
+    result = run_program("reload_and_export.py", *args)
     return json.loads(result.stdout.strip().splitlines()[-1]), expected
 
 
+@pytest.mark.openvino
 def test_keras_io_transformer_runs_every_matmul_in_int8_and_reloads_in_a_new_process(tmp_path):
     keras.utils.set_random_seed(0)
     model = cm.text_classifier()
@@ -138,6 +125,7 @@ def test_strip_and_sparsity_work_inside_composites():
     assert zeros == pytest.approx(0.5, abs=0.01)
 
 
+@pytest.mark.openvino
 def test_time_distributed_conv_is_quantized_with_its_input(tmp_path):
     keras.utils.set_random_seed(0)
     model = cm.time_distributed_model()
@@ -152,6 +140,7 @@ def test_time_distributed_conv_is_quantized_with_its_input(tmp_path):
     assert result["precisions"].get("Convolution:u8", 0) + result["precisions"].get("Convolution:i8", 0) >= 1
 
 
+@pytest.mark.openvino
 def test_a_layer_whose_config_round_trip_fails_is_copied_compressed_and_exported(tmp_path):
     keras.utils.set_random_seed(0)
     model = cm.patch_classifier()
@@ -172,6 +161,7 @@ def test_a_layer_whose_config_round_trip_fails_is_copied_compressed_and_exported
     assert counts and all(precision in INT8 for (_, precision) in counts), counts
 
 
+@pytest.mark.openvino
 def test_a_custom_layer_with_its_own_math_runs_in_float_unless_it_opts_in(tmp_path):
     keras.utils.set_random_seed(0)
     x = features()

@@ -9,19 +9,16 @@ libraries, NNCF and tfmot, on the migration pages).
 """
 
 import json
-import os
 import re
 import shlex
 import shutil
 import warnings
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import pytest
 
-import pytest  # noqa: E402
-
-from keras_compress import cli  # noqa: E402
-from keras_compress.config import ConfigWarning, load_config  # noqa: E402
+from keras_compress import cli
+from keras_compress.config import ConfigWarning, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

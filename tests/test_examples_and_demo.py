@@ -9,21 +9,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# The children import this tree's keras_compress, whatever is installed.
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
-       "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}  # fmt: skip
+# The children import this tree's keras_compress, whatever is installed (conftest.py sets PYTHONPATH).
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 #: Accuracy margins are at least this many images of the 360-image digits test set: a smaller
 #: difference is one or two images that flip from run to run.
 MARGIN = 4 / 360
 
 
 @pytest.mark.slow
+@pytest.mark.openvino
 def test_demo_int8_ir_within_one_point_of_fp32(tmp_path):
     """Through the console script's launcher, as `keras-compress demo` runs: one table, no noise."""
-    env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), ENV.get("PYTHONPATH")]))}
     result = subprocess.run(
         [sys.executable, "-m", "keras_compress_launcher", "demo", "--output", str(tmp_path)],
-        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
+        capture_output=True, text=True, timeout=600, env=ENV, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr == ""  # no TensorFlow start-up lines, no log lines
@@ -37,6 +36,7 @@ def test_demo_int8_ir_within_one_point_of_fp32(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.openvino
 def test_digits_qat_example_within_a_few_test_images(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "digits_qat.py"), "--output", str(tmp_path)],

@@ -1,22 +1,20 @@
 """keras.applications with configs/int8.json run INT8 in OpenVINO: ResNet50 / MobileNetV2 at 224x224 (every
 family at a small size: tests/test_applications_families.py)."""
 
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from importlib import resources
 
-from importlib import resources  # noqa: E402
+import keras
+import numpy as np
+import pytest
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import keras_compress as kc  # noqa: E402
-from keras_compress.benchmark import compile_ir, runtime_precisions  # noqa: E402
+import keras_compress as kc
+from keras_compress.benchmark import compile_ir, runtime_precisions
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, bn_samples, compare", [("ResNet50", 0, True), ("MobileNetV2", 32, False)])
+@pytest.mark.openvino
 def test_every_conv_and_fc_runs_int8(name, bn_samples, compare, tmp_path):
     keras.utils.set_random_seed(0)
     model = getattr(keras.applications, name)(weights=None, classifier_activation=None)

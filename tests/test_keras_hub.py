@@ -4,26 +4,16 @@ Tiny random configurations: nothing is downloaded.
 """
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import keras  # noqa: E402
+import keras_compress as kc
+from helpers import INT8, run_program
+from keras_compress.graph import iter_layers, layers_by_path
 
 keras_hub = pytest.importorskip("keras_hub")
-
-import keras_compress as kc  # noqa: E402
-from keras_compress.graph import iter_layers, layers_by_path  # noqa: E402
-
-TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
-INT8 = ("u8", "i8")
 
 
 def token_batch(n=16, length=16, vocab=64, seed=0):
@@ -61,15 +51,12 @@ def reload_and_export(model, x, tmp_path):
     expected = model.predict(x, verbose=0)
     np.savez(tmp_path / "x.npz", **x)
     np.save(tmp_path / "expected.npy", expected)
-    program = TESTS / "programs" / "reload_and_export.py"
-    command = [sys.executable, str(program), str(path), str(tmp_path / "x.npz"), str(tmp_path / "expected.npy"),
-               str(tmp_path / "ir"), "--module", "keras_hub"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)])}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_program("reload_and_export.py", path, tmp_path / "x.npz", tmp_path / "expected.npy", tmp_path / "ir",
+                         "--module", "keras_hub")  # fmt: skip
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_a_compressed_gpt2_keeps_its_class_and_generates_what_its_forward_pass_chooses():
     model = gpt2_lm()
     x = token_batch()
@@ -104,6 +91,8 @@ def test_a_compressed_gpt2_keeps_its_class_and_generates_what_its_forward_pass_c
     np.testing.assert_allclose(stripped.predict(x, verbose=0), compressed.predict(x, verbose=0), atol=1e-4)
 
 
+@pytest.mark.slow
+@pytest.mark.openvino
 def test_a_compressed_gpt2_reloads_in_a_new_process_and_runs_every_matmul_in_int8(tmp_path):
     model = gpt2_lm()
     x = token_batch()

@@ -1,18 +1,15 @@
 """Mixed-precision quantization: per-layer bit widths by sensitivity, manual bits, export."""
 
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import keras
+import numpy as np
+import pytest
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import keras_compress as kc  # noqa: E402
-from keras_compress.benchmark import compile_ir, runtime_precisions  # noqa: E402
-from helpers import trained_digits_cnn  # noqa: E402
-from keras_compress.demo import build_digits_cnn  # noqa: E402
-from keras_compress.quantization.precision import assign_bitwidths, quantization_error  # noqa: E402
+import keras_compress as kc
+from helpers import trained_digits_cnn
+from keras_compress.benchmark import compile_ir, runtime_precisions
+from keras_compress.demo import build_digits_cnn
+from keras_compress.quantization.precision import assign_bitwidths, quantization_error
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -96,6 +93,7 @@ MARGIN_IMAGES = 4
 
 
 @pytest.mark.slow
+@pytest.mark.openvino
 def test_mixed_precision_on_digits_between_uniform_4_and_8_bits(tmp_path):
     model, (x_train, y_train), (x_test, y_test) = trained_digits_cnn()
     margin = MARGIN_IMAGES / len(y_test)

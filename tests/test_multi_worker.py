@@ -3,140 +3,111 @@ of docs/reliability.md: both workers end with the same masks, quantizer ranges, 
 """
 
 import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np
+import pytest
 
-import json  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import textwrap  # noqa: E402
-from pathlib import Path  # noqa: E402
+from helpers import PROGRAMS, results_of
+from keras_compress.schedules import PolynomialSchedule
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from keras_compress.schedules import PolynomialSchedule  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-
-#: One worker: the recipe of docs/reliability.md ("MultiWorkerMirroredStrategy"), QAT + magnitude
-#: sparsity updated every step. argv: worker index, the two ports.
-WORKER = textwrap.dedent(
-    """
-    import json, os, sys
-    index, ports = int(sys.argv[1]), sys.argv[2:]
-    os.environ["TF_CONFIG"] = json.dumps({
-        "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
-        "task": {"type": "worker", "index": index},
-    })
-    import tensorflow as tf
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()   # the first TF call of the program
-    import keras
-    import numpy as np
-    import keras_compress as kc
-
-    GLOBAL_BATCH, STEPS, EPOCHS = 16, 4, 2
-    L = keras.layers
-    rng = np.random.default_rng(0)                            # the same data on every worker
-    x = rng.normal(size=(GLOBAL_BATCH * STEPS, 8, 8, 3)).astype("float32")
-    y = rng.integers(0, 3, len(x))
-    config = {"compression": [
-        {"algorithm": "magnitude_sparsity", "sparsity_init": 0.1,
-         "params": {"sparsity_target": 0.6, "sparsity_target_epoch": 2, "update_per_optimizer_step": True},
-         "initializer": {"batchnorm_adaptation": {"num_bn_adaptation_samples": 0}}},
-        {"algorithm": "quantization", "weights": {"per_channel": True},
-         "initializer": {"range": {"num_init_samples": 32},
-                         "batchnorm_adaptation": {"num_bn_adaptation_samples": 0}}},
-    ]}
-
-    with strategy.scope():
-        keras.utils.set_random_seed(0)                        # the same weights on every worker
-        inp = keras.Input((8, 8, 3), name="img")
-        h = L.Conv2D(8, 3, activation="relu", name="conv")(inp)
-        h = L.Flatten(name="flat")(h)
-        model = keras.Model(inp, L.Dense(3, name="fc")(h))
-        compressed, ctrl = kc.compress(model, config, dataset=x[:32])
-        optimizer = keras.optimizers.SGD(0.05)
-        optimizer.build(compressed.trainable_variables)
-
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    train_ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH).with_options(options)
-    dist = strategy.experimental_distribute_dataset(train_ds)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
-
-    @tf.function
-    def train_step(x, y):
-        def replica_step(x, y):
-            with tf.GradientTape() as tape:
-                per_sample = loss_fn(y, compressed(x, training=True))
-                loss = tf.nn.compute_average_loss(per_sample, global_batch_size=GLOBAL_BATCH)
-            grads = tape.gradient(loss, compressed.trainable_variables)
-            optimizer.apply(grads, compressed.trainable_variables)
-            return loss
-        return strategy.reduce("SUM", strategy.run(replica_step, args=(x, y)), axis=None)
-
-    losses, levels = [], []
-    ctrl.on_train_begin(steps_per_epoch=STEPS)
-    for epoch in range(EPOCHS):
-        ctrl.on_epoch_begin(epoch)
-        for xb, yb in dist:
-            ctrl.on_train_batch_begin(int(optimizer.iterations.numpy()))
-            losses.append(float(train_step(xb, yb)))
-            levels.append(float(ctrl.algorithm("magnitude_sparsity").level))
-    ctrl.on_train_end()
-
-    def values(keys):
-        return {v.path: np.asarray(v).tolist() for v in compressed.weights if any(k in v.path for k in keys)}
-
-    print("RESULTS " + json.dumps({
-        "masks": values(["_mask", "mask_level"]),
-        "ranges": values(["scale", "input_low", "input_range"]),
-        "weights": {v.path: np.asarray(v).tolist() for v in compressed.trainable_weights},
-        "losses": losses, "levels": levels, "progress": ctrl.progress(),
-        "figures": {k: float(v) for k, v in ctrl.statistics().figures().items()},
-    }), flush=True)
-    """
-)
+#: The exit status of a worker whose port was taken (tests/programs/multi_worker.py, bind_port.py).
+PORT_TAKEN = 75
 
 
 def free_ports(count):
+    """`count` ports on 127.0.0.1 that were free a moment ago (the system's choice for port 0).
+
+    They are released before the workers bind them, so another process can take one in between: the
+    workers then exit with PORT_TAKEN and `run_cluster` starts them again on new ports. (Keeping the sockets
+    open does not help: TensorFlow's gRPC server binds without SO_REUSEPORT, so it cannot share a port.)
+    """
     sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-@pytest.fixture(scope="module")
-def workers():
-    ports = [str(p) for p in free_ports(2)]
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-    env.pop("TF_CONFIG", None)
-    processes = [
-        subprocess.Popen([sys.executable, "-c", WORKER, str(i), *ports], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
-        for i in range(2)
-    ]
-    outputs = []
     try:
-        for process in processes:
-            out, err = process.communicate(timeout=300)
-            outputs.append((process.returncode, out, err))
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def start_cluster(program, ports, timeout):
+    """Runs one `program` process per port (argv: its index, every port) and waits for all of them.
+
+    As soon as one exits with a failure the others are killed: they would wait for it until `timeout`.
+
+    Returns:
+        `[(exit status, stdout, stderr)]`, one per worker.
+    """
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # CPU workers, whatever the machine has
+    # Output goes to files, not pipes: a worker must never block on a full pipe that nobody reads yet.
+    files = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in ports]
+    processes = [subprocess.Popen([sys.executable, str(PROGRAMS / program), str(i), *map(str, ports)],
+                                  stdout=out, stderr=err, text=True, env=env)
+                 for i, (out, err) in enumerate(files)]  # fmt: skip
+    deadline = time.monotonic() + timeout
+    try:
+        while any(p.poll() is None for p in processes):
+            if any(p.poll() not in (None, 0) for p in processes) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     finally:
         for process in processes:
             if process.poll() is None:
                 process.kill()
-                process.wait()
-    results = []
-    for code, out, err in outputs:
-        assert code == 0, err[-4000:]
-        results.append(json.loads(next(li for li in out.splitlines() if li.startswith("RESULTS "))[8:]))
-    return results
+            process.wait()
+    outputs = []
+    for process, (out, err) in zip(processes, files):
+        out.seek(0), err.seek(0)
+        outputs.append((process.returncode, out.read(), err.read()))
+        out.close(), err.close()
+    return outputs
+
+
+def run_cluster(program, attempts=5, first_ports=None, timeout=300):
+    """Runs a cluster of two `program` workers on free ports; a port taken before its worker bound it
+    (PORT_TAKEN) starts the whole cluster again on new ports, up to `attempts` times.
+
+    Args:
+        first_ports: the ports of the first attempt (default: `free_ports(2)`).
+
+    Returns:
+        `(outputs, attempts used)`, with `outputs` as `start_cluster` returns them.
+    """
+    for attempt in range(1, attempts + 1):
+        ports = first_ports if attempt == 1 and first_ports else free_ports(2)
+        outputs = start_cluster(program, ports, timeout)
+        if not any(status == PORT_TAKEN for status, _, _ in outputs):
+            return outputs, attempt
+    raise AssertionError(f"{attempts} clusters in a row found a port taken: {outputs}")
+
+
+@pytest.fixture(scope="module")
+def workers():
+    outputs, _ = run_cluster("multi_worker.py", timeout=300)
+    for status, _, err in outputs:
+        assert status == 0, err[-4000:]
+    return [results_of(out) for _, out, _ in outputs]
+
+
+def test_a_port_taken_before_the_workers_bind_it_starts_the_cluster_again_on_new_ports():
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        outputs, attempts = run_cluster("bind_port.py", first_ports=[port, free_ports(1)[0]], timeout=60)
+    finally:
+        taken.close()
+    assert attempts == 2
+    assert [status for status, _, _ in outputs] == [0, 0], outputs
+    bound = [results_of(out)["port"] for _, out, _ in outputs]
+    assert port not in bound and len(set(bound)) == 2
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import PROGRAMS
 from keras_compress.config import ConfigError, ConfigWarning, list_configs, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,9 +31,8 @@ def test_every_packaged_config_loads_by_name_with_or_without_json(name):
 
 def test_configs_load_by_name_from_another_directory(tmp_path):
     """A new process in an empty folder, where `configs/int8.json` does not exist as a path."""
-    code = ("import keras_compress.config as c; print(c.load_config('int8').algorithm_names(), c.list_configs())")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                            env={"PYTHONPATH": str(ROOT), "KERAS_COMPRESS_LIGHT_IMPORT": "1"})  # fmt: skip
+    result = subprocess.run([sys.executable, str(PROGRAMS / "packaged_configs.py")], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "KERAS_COMPRESS_LIGHT_IMPORT": "1"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"['quantization'] {PACKAGED}"
 

@@ -1,20 +1,17 @@
 """Tests of filter pruning: importance, masks, groups, FLOPs, wrapper, schedules, surgery, export."""
 
 import json
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import keras
+import numpy as np
+import pytest
+from keras import layers as L
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from keras import layers as L  # noqa: E402
-
-import keras_compress as kc  # noqa: E402
-from keras_compress.benchmark import compile_ir, runtime_precisions  # noqa: E402
-from keras_compress.config import load_config  # noqa: E402
-from keras_compress.export.strip import strip_model  # noqa: E402
-from keras_compress.pruning import (  # noqa: E402
+import keras_compress as kc
+from keras_compress.benchmark import compile_ir, runtime_precisions
+from keras_compress.config import load_config
+from keras_compress.export.strip import strip_model
+from keras_compress.pruning import (
     FILTER_IMPORTANCE_FUNCTIONS,
     FilterPruningWrapper,
     analyze_channels,
@@ -23,8 +20,8 @@ from keras_compress.pruning import (  # noqa: E402
     l2_importance,
     remove_pruned_filters,
 )
-from keras_compress.pruning.flops import conv_flops, dense_flops, depthwise_flops, model_costs, total_cost  # noqa: E402
-from keras_compress.pruning.masks import (  # noqa: E402
+from keras_compress.pruning.flops import conv_flops, dense_flops, depthwise_flops, model_costs, total_cost
+from keras_compress.pruning.masks import (
     find_global_count,
     find_uniform_level,
     global_order,
@@ -32,9 +29,8 @@ from keras_compress.pruning.masks import (  # noqa: E402
     masks_from_order,
     num_pruned_filters,
 )
-from keras_compress.schedules import ExponentialPruningSchedule  # noqa: E402
-from keras_compress.wrapper import unwrap  # noqa: E402
-
+from keras_compress.schedules import ExponentialPruningSchedule
+from keras_compress.wrapper import unwrap
 
 SECTION_KEYS = ("ignored_scopes", "target_scopes", "validate_scopes")
 
@@ -540,6 +536,7 @@ def check_pruned_int8(model, compressed, x, tmp_path):
     return counts
 
 
+@pytest.mark.openvino
 def test_pruning_and_quantization_fit_export_and_run_int8(tmp_path):
     keras.utils.set_random_seed(0)
     model = small_resnet()
@@ -641,6 +638,7 @@ def test_applications_at_half_the_filters_shrink_and_keep_their_outputs(name, tm
 
 
 @pytest.mark.slow
+@pytest.mark.openvino
 def test_resnet50_pruning_int8_fits_exports_and_runs_int8(tmp_path):
     keras.utils.set_random_seed(0)
     model = keras.applications.ResNet50(weights=None, classifier_activation=None)

@@ -2,35 +2,32 @@
 overflow fix, serialization, statistics and BatchNorm adaptation."""
 
 import copy
-import os
 import warnings
 
-os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-import keras_compress as kc  # noqa: E402
-from helpers import conv_bn_add_model, data, quantization_config  # noqa: E402
-from keras_compress.quantization.quantizers import (  # noqa: E402
+import keras_compress as kc
+from helpers import conv_bn_add_model, data, quantization_config
+from keras_compress import calibration
+from keras_compress.calibration import (
+    activation_bytes_per_sample,
+    iterate_batches,
+    run_batches,
+    split_batch,
+)
+from keras_compress.quantization.quantizers import (
     Quantizer,
     QuantizerSpec,
     asymmetric_range,
     fake_quantize,
     symmetric_range,
 )
-from keras_compress import calibration  # noqa: E402
-from keras_compress.calibration import (  # noqa: E402
-    activation_bytes_per_sample,
-    iterate_batches,
-    run_batches,
-    split_batch,
-)
-from keras_compress.quantization.range_init import RANGE_TYPES, RangeCollector  # noqa: E402
+from keras_compress.quantization.range_init import RANGE_TYPES, RangeCollector
 
 L = keras.layers
 

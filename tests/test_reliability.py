@@ -9,28 +9,23 @@ and resumed with BackupAndRestore (tests/test_callbacks.py), an export interrupt
 (tests/test_export.py).
 """
 
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import builtins
+import json
+import logging
+import re
+import warnings
+import zipfile
+from pathlib import Path
 
-import builtins  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import re  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import textwrap  # noqa: E402
-import warnings  # noqa: E402
-import zipfile  # noqa: E402
-from pathlib import Path  # noqa: E402
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import keras_compress as kc  # noqa: E402
-from keras_compress.graph import iter_layers  # noqa: E402
+import keras_compress as kc
+from helpers import results_of, run_program
+from keras_compress.graph import iter_layers
 
 L = keras.layers
 BAD = Path(__file__).parent / "bad_inputs"
@@ -526,6 +521,7 @@ def test_lambda_layer_is_left_as_it_is_and_listed(config):
     assert_unchanged(model, before)
 
 
+@pytest.mark.openvino
 def test_lambda_model_trains_and_exports_to_openvino(tmp_path):
     import openvino as ov
 
@@ -562,7 +558,7 @@ def test_layer_quantized_by_keras_is_left_as_it_is_and_listed():
     assert isinstance(compressed.get_layer("conv"), kc.QuantizeWrapper)
 
 
-@pytest.mark.slow
+@pytest.mark.openvino
 def test_mixed_bfloat16_model_compresses_trains_and_exports(tmp_path):
     import openvino as ov
 
@@ -842,8 +838,8 @@ def test_degenerate_statistics_give_finite_positive_ranges(range_type, preset):
     np.testing.assert_allclose(y, outputs(model, x), atol=0.1)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["performance", "mixed"])
+@pytest.mark.openvino
 def test_degenerate_statistics_train_and_export_to_openvino(preset, tmp_path):
     import openvino as ov
 
@@ -865,92 +861,11 @@ def test_degenerate_statistics_train_and_export_to_openvino(preset, tmp_path):
 # ---------------------------------------------------------------------------------------------------
 # Distributed: MirroredStrategy over two logical CPUs against one device, in a fresh process
 
-DISTRIBUTED_SCRIPT = textwrap.dedent(
-    """
-    import json, os
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import keras
-    import numpy as np
-    import keras_compress as kc
-
-    L = keras.layers
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 8, 8, 3)).astype("float32")
-    y = rng.integers(0, 3, 64)
-    CONFIGS = {
-        "qat": {"compression": {"algorithm": "quantization", "weights": {"per_channel": True},
-                "initializer": {"range": {"num_init_samples": 32},
-                                "batchnorm_adaptation": {"num_bn_adaptation_samples": 0}}}},
-        "sparsity": {"compression": {"algorithm": "magnitude_sparsity", "sparsity_init": 0.1,
-                     "params": {"sparsity_target": 0.6, "sparsity_target_epoch": 2, "update_per_optimizer_step": True},
-                     "initializer": {"batchnorm_adaptation": {"num_bn_adaptation_samples": 0}}}},
-    }
-
-    def model():
-        keras.utils.set_random_seed(0)
-        inp = keras.Input((8, 8, 3), name="img")
-        h = L.Conv2D(4, 3, activation="relu", name="conv")(inp)
-        h = L.Flatten(name="flat")(h)
-        return keras.Model(inp, L.Dense(3, name="fc")(h))
-
-    class Levels(keras.callbacks.Callback):
-        def __init__(self, ctrl):
-            super().__init__()
-            self.ctrl, self.levels = ctrl, []
-
-        def on_train_batch_end(self, batch, logs=None):
-            algorithm = self.ctrl.algorithm("magnitude_sparsity")
-            if algorithm is not None:
-                self.levels.append(float(algorithm.level))
-
-    def run(config, strategy):
-        with strategy.scope():
-            compressed, ctrl = kc.compress(model(), config, dataset=x[:32])
-            initial = {v.path: np.asarray(v).tolist() for v in compressed.weights}
-            compressed.compile(optimizer=keras.optimizers.SGD(0.05),
-                               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        levels = Levels(ctrl)
-        history = compressed.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0,
-                                 callbacks=[*ctrl.callbacks(), levels])
-        replicas, spread = 1, 0.0
-        for v in compressed.weights:
-            local = [np.asarray(t) for t in strategy.experimental_local_results(v.value)]
-            replicas = max(replicas, len(local))
-            spread = max([spread] + [float(np.max(np.abs(t - local[0]))) for t in local])
-        return {
-            "replicas": replicas, "replica_spread": spread, "initial": initial,
-            "final": {v.path: np.asarray(v).tolist() for v in compressed.weights},
-            "outputs": np.asarray(compressed(x[:16])).tolist(), "loss": history.history["loss"],
-            "levels": levels.levels, "figures": {k: float(v) for k, v in ctrl.statistics().figures().items()},
-        }
-
-    # One strategy object for both runs: a second MirroredStrategy in the same process reuses the
-    # collective instance keys of the first and its all-reduce fails with a shape mismatch.
-    one_device = tf.distribute.OneDeviceStrategy("/cpu:0")
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    results = {}
-    for name, config in CONFIGS.items():
-        results[name] = {"one_device": run(config, one_device), "mirrored": run(config, mirrored)}
-    print("RESULTS " + json.dumps(results))
-    """
-)
-
-
 @pytest.fixture(scope="module")
 def distributed_results():
-    root = str(Path(__file__).resolve().parents[1])  # the child imports this tree's keras_compress
-    result = subprocess.run(
-        [sys.executable, "-c", DISTRIBUTED_SCRIPT],
-        capture_output=True, text=True, timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
-             "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-4000:]
-    line = next(line for line in result.stdout.splitlines() if line.startswith("RESULTS "))
-    return json.loads(line[len("RESULTS ") :])
+    # The program runs with this tree's keras_compress, the CPU split into two logical devices.
+    result = run_program("mirrored.py", timeout=300, env={"CUDA_VISIBLE_DEVICES": ""})
+    return results_of(result.stdout)
 
 
 def assert_close_dicts(a, b, atol, rtol=1e-4, exact=()):
@@ -962,7 +877,6 @@ def assert_close_dicts(a, b, atol, rtol=1e-4, exact=()):
             np.testing.assert_allclose(np.asarray(a[key]), np.asarray(b[key]), atol=atol, rtol=rtol, err_msg=key)
 
 
-@pytest.mark.slow
 def test_mirrored_qat_matches_one_device(distributed_results):
     one, mirrored = distributed_results["qat"]["one_device"], distributed_results["qat"]["mirrored"]
     assert mirrored["replicas"] == 2 and mirrored["replica_spread"] == 0.0
@@ -977,7 +891,6 @@ def test_mirrored_qat_matches_one_device(distributed_results):
     assert one["figures"] == mirrored["figures"]
 
 
-@pytest.mark.slow
 def test_mirrored_magnitude_sparsity_matches_one_device(distributed_results):
     one, mirrored = distributed_results["sparsity"]["one_device"], distributed_results["sparsity"]["mirrored"]
     assert mirrored["replicas"] == 2 and mirrored["replica_spread"] == 0.0

@@ -4,23 +4,18 @@ progress, trains and exports; schedules follow the controller's own step across 
 recompiles; training without the controller's callbacks is warned about.
 """
 
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import json
+import logging
+from pathlib import Path
 
-import json  # noqa: E402
-import logging  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import textwrap  # noqa: E402
-from pathlib import Path  # noqa: E402
+import keras
+import numpy as np
+import pytest
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import keras_compress as kc  # noqa: E402
-from keras_compress.schedules import PolynomialSchedule  # noqa: E402
+import keras_compress as kc
+from helpers import results_of, run_program
+from keras_compress.schedules import PolynomialSchedule
 
 ROOT = Path(__file__).resolve().parents[1]
 L = keras.layers
@@ -74,44 +69,8 @@ def data(n=32):
     return rng.normal(size=(n, 8, 8, 3)).astype("float32"), np.arange(n) % 3
 
 
-def child_env():
-    """The environment of a child process that imports this tree's keras_compress."""
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-
-
 # ---------------------------------------------------------------------------------------------------
-# A new process: load with safe_mode=True, bind the controller, continue, export
-
-CHILD = textwrap.dedent(
-    """
-    import json, os, sys
-    import numpy as np, keras
-    import keras_compress as kc
-
-    work = sys.argv[1]
-    jobs = json.load(open(os.path.join(work, "jobs.json")))
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(32, 8, 8, 3)).astype("float32")
-    y = np.arange(32) % 3
-    results = {"package": kc.__file__}
-    for name, config in jobs.items():
-        # Not one custom object: everything keras_compress saved is registered by `import keras_compress`.
-        loaded = keras.saving.load_model(os.path.join(work, name + ".keras"), safe_mode=True)
-        same = float(np.max(np.abs(np.asarray(loaded(x)) - np.load(os.path.join(work, name + ".npy")))))
-        model, ctrl = kc.compress(loaded, config)
-        before = ctrl.progress()
-        history = model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=ctrl.callbacks())
-        xml = kc.export(model, os.path.join(work, "ir", name))
-        results[name] = {
-            "bound_to_loaded": model is loaded, "max_output_difference": same, "progress_before": before,
-            "progress_after": ctrl.progress(), "loss": history.history["loss"],
-            "figures": {k: float(v) for k, v in ctrl.statistics().figures().items()},
-            "ir": os.path.isfile(xml) and os.path.isfile(str(xml)[:-4] + ".bin"),
-        }
-    print("RESULTS " + json.dumps(results))
-    """
-)
+# A new process (tests/programs/resume.py): load with safe_mode=True, bind the controller, continue, export
 
 
 @pytest.mark.slow
@@ -130,10 +89,8 @@ def test_every_algorithm_reloads_in_a_new_process_and_continues_its_schedule(tmp
         expected[name] = ctrl.statistics().figures()
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
 
-    result = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path)], capture_output=True, text=True,
-                            timeout=600, env=child_env())  # fmt: skip
-    assert result.returncode == 0, result.stderr[-4000:]
-    results = json.loads(next(li for li in result.stdout.splitlines() if li.startswith("RESULTS "))[8:])
+    result = run_program("resume.py", tmp_path, env={"CUDA_VISIBLE_DEVICES": ""})
+    results = results_of(result.stdout)
     assert Path(results.pop("package")).is_relative_to(ROOT)  # the child ran this tree's package
 
     steps = 32 // 8

@@ -1,18 +1,15 @@
 """Magnitude, RB and movement sparsity: schedules, masks, accuracy on digits, export, saving."""
 
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import keras
+import numpy as np
+import pytest
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import keras_compress as kc  # noqa: E402
-from keras_compress.benchmark import compile_ir, runtime_precisions  # noqa: E402
-from helpers import trained_digits_cnn  # noqa: E402
-from keras_compress.demo import load_digits_split  # noqa: E402
-from keras_compress.schedules import (  # noqa: E402
+import keras_compress as kc
+from helpers import trained_digits_cnn
+from keras_compress.benchmark import compile_ir, runtime_precisions
+from keras_compress.demo import load_digits_split
+from keras_compress.schedules import (
     AdaptiveSchedule,
     ExponentialPruningSchedule,
     ExponentialSchedule,
@@ -20,14 +17,14 @@ from keras_compress.schedules import (  # noqa: E402
     MultiStepSchedule,
     PolynomialSchedule,
 )
-from keras_compress.sparsity.functions import (  # noqa: E402
+from keras_compress.sparsity.functions import (
     block_expand,
     magnitude_masks,
     normed_abs_importance,
     sparsity_level,
     threshold_for_level,
 )
-from keras_compress.sparsity.wrappers import (  # noqa: E402
+from keras_compress.sparsity.wrappers import (
     MagnitudeSparsityWrapper,
     MovementSparsityWrapper,
     RBSparsityWrapper,
@@ -230,6 +227,7 @@ def test_movement_sparsity_reaches_50_percent_on_an_mlp(block):
         assert np.all(blocks.min(axis=(1, 3)) == blocks.max(axis=(1, 3)))
 
 
+@pytest.mark.openvino
 def test_sparsity_with_int8_exports_zeros_and_runs_int8(digits, tmp_path):
     import openvino as ov
 

@@ -2,21 +2,18 @@
 scopes, unsupported layers and models."""
 
 import functools
-import os
 
-os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import keras
+import numpy as np
+import pytest
 
-import helpers  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import keras_compress as kc  # noqa: E402
-from keras_compress.compressible import COMPRESSIBLE_LAYERS, call_with_weights, compressible_spec  # noqa: E402
-from keras_compress.graph import fresh_copy, iter_layers  # noqa: E402
-from keras_compress.selection import matches_scope  # noqa: E402
-from keras_compress.transform import transform_model  # noqa: E402
-from keras_compress.wrapper import WeightsWrapper  # noqa: E402
+import helpers
+import keras_compress as kc
+from keras_compress.compressible import COMPRESSIBLE_LAYERS, call_with_weights, compressible_spec
+from keras_compress.graph import fresh_copy, iter_layers
+from keras_compress.selection import matches_scope
+from keras_compress.transform import transform_model
+from keras_compress.wrapper import WeightsWrapper
 
 L = keras.layers
 

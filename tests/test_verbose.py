@@ -1,17 +1,14 @@
 """`kc.compress(verbose=...)`: silent at 0, progress bars that end at the samples actually read."""
 
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import logging
+import re
 
-import logging  # noqa: E402
-import re  # noqa: E402
+import keras
+import numpy as np
+import pytest
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import keras_compress as kc  # noqa: E402
+import keras_compress as kc
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -141,8 +141,8 @@ class AccuracyAwareConfig(Section):
 class InputInfo(Section):
     """One model input."""
 
-    sample_size: list[int] = Field(min_length=1)
-    """Shape including the batch dimension, e.g. `[1, 224, 224, 3]`."""
+    sample_size: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    """Shape including the batch dimension, e.g. `[1, 224, 224, 3]`; every dimension at least 1."""
     type: str = "float"
     """NNCF key for generated inputs; keras_compress reads only `sample_size`."""
     filler: str | None = None

@@ -40,8 +40,9 @@ def load_config(source: str | os.PathLike | dict | CompressionConfig) -> Compres
 
     Args:
         source: the name of a packaged config (`"int8"`, see `list_configs()`), a path to a JSON
-            file, a dict, a JSON string (a str starting with `{` or `[`), or a
-            `CompressionConfig` (returned as it is). A file at that path wins over a packaged
+            file, a dict (NumPy scalars in it are read as the Python values they hold), a JSON
+            string (a str starting with `{` or `[`, after whitespace or a UTF-8 byte order mark),
+            or a `CompressionConfig` (returned as it is). A file at that path wins over a packaged
             config of the same name.
 
     Returns:
@@ -65,6 +66,10 @@ def load_config(source: str | os.PathLike | dict | CompressionConfig) -> Compres
     if isinstance(source, CompressionConfig):
         return source
     raw = _read(source)
+    try:
+        raw = _plain_values(raw)
+    except RecursionError:
+        raise ConfigError([("$", "the config is nested too deeply to be a compression config")]) from None
     if not isinstance(raw, dict):
         raise ConfigError([("$", f"the config must be a JSON object (received {json_type(raw)})")])
     single = {key for key in ("input_info", "compression") if isinstance(raw.get(key), dict)}
@@ -99,8 +104,8 @@ def _read(source: Any) -> Any:
     """Returns the parsed JSON of `source` (or `source` itself when it is a dict)."""
     if isinstance(source, dict):
         return source
-    if isinstance(source, str) and source.lstrip()[:1] in ("{", "["):
-        text = source
+    if isinstance(source, str) and source.lstrip(_BOM_AND_SPACE)[:1] in ("{", "["):
+        text = source.lstrip(_BOM_AND_SPACE)  # a JSON string saved by an editor that writes a BOM
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         packaged = packaged_config(source) if isinstance(source, str) and not path.exists() else None
@@ -122,6 +127,32 @@ def _read(source: Any) -> Any:
         raise ConfigError([("$", f"invalid JSON: {err.msg} at line {err.lineno} column {err.colno}")]) from None
     except (ValueError, RecursionError) as err:
         raise ConfigError([("$", f"invalid JSON: {err}")]) from None
+
+
+#: What may precede a JSON document in a string: whitespace and a UTF-8 byte order mark (U+FEFF), which
+#: editors on Windows write and `open(path).read()` keeps. (Files are read with `utf-8-sig`, which drops it.)
+_BOM_AND_SPACE = "\ufeff \t\r\n"
+
+
+def _plain_values(value: Any) -> Any:
+    """`value` with every NumPy scalar (`np.int64(8)`, `np.float32(0.5)`, `np.True_`) replaced by the Python
+    value it holds, in nested dicts and lists; a config built in code often carries them. Other
+    values are returned as they are (the config package imports no NumPy: scalars are recognized by type)."""
+    if isinstance(value, dict):
+        return {key: _plain_values(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain_values(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_plain_values(item) for item in value)
+    if _is_numpy_scalar(value):
+        return value.item()
+    return value
+
+
+def _is_numpy_scalar(value: Any) -> bool:
+    """Whether `value` is a NumPy bool, integer, floating-point or string scalar (checked by class name)."""
+    kinds = {cls.__name__ for cls in type(value).__mro__ if cls.__module__ == "numpy"}
+    return "generic" in kinds and bool(kinds & {"bool", "bool_", "integer", "floating", "str_"})
 
 
 def _reject_constant(name: str) -> None:

@@ -4,7 +4,12 @@ Every export is written into a temporary folder next to its target, named after 
 owns it (`.kc-export-<pid>-<random>`), and moved into place only when it is complete:
 
 - `staging_folder` makes that folder and removes it afterwards, whatever happened; it first removes
-  the folders that killed runs left in the same place (their process is gone);
+  the folders that killed runs left in the same place (their process is gone). A process that ends
+  during an export removes its staging folders on the way out where it can: at interpreter exit
+  (`atexit`: `sys.exit`, the end of the main thread while an export runs in another one) and, for an
+  export in the main thread, on SIGTERM and SIGHUP when the process has no handler of its own for them
+  (the handler removes the folders, then ends the process by the same signal). A SIGKILL cannot be
+  caught: the next export to the same folder removes what it left;
 - `replace_together` moves a group of files into place (the `.xml` and `.bin` of an IR) so that
   either all of them are new or, after a failure, all of them are what they were;
 - `check_file_target` / `check_folder_target` refuse, before any work, a target that exists as the
@@ -13,10 +18,13 @@ owns it (`.kc-export-<pid>-<random>`), and moved into place only when it is comp
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 __all__ = [
@@ -30,6 +38,45 @@ __all__ = [
 
 #: Name prefix of the temporary folders exports write into.
 STAGING_PREFIX = ".kc-export-"
+#: Signals that end a process without running Python's clean-up (no exception is raised) when their handler
+#: is the default one; SIGINT raises KeyboardInterrupt, and `staging_folder`'s own clean-up runs.
+TERMINATING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+#: The staging folders of this process that exist now.
+_LIVE: set[Path] = set()
+
+
+def _remove_live_staging() -> None:
+    """Removes this process's staging folders (at exit, or before a terminating signal ends it)."""
+    for folder in list(_LIVE):
+        shutil.rmtree(folder, ignore_errors=True)
+        _LIVE.discard(folder)
+
+
+atexit.register(_remove_live_staging)
+
+
+def _end_by_signal(signum, frame):
+    """A terminating signal arrived during an export: remove the staging folders, then end as the signal would."""
+    _remove_live_staging()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+@contextlib.contextmanager
+def _removed_on_termination():
+    """While the block runs in the main thread, SIGTERM and SIGHUP remove the staging folders before they end
+    the process. Only signals with the default handler are taken over, and their handlers are put back after."""
+    taken = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in TERMINATING_SIGNALS:
+            if signal.getsignal(signum) == signal.SIG_DFL:
+                taken[signum] = signal.signal(signum, _end_by_signal)
+    try:
+        yield
+    finally:
+        for signum, handler in taken.items():
+            if signal.getsignal(signum) is _end_by_signal:
+                signal.signal(signum, handler)
 
 
 def _owner_alive(folder: Path) -> bool:
@@ -65,16 +112,20 @@ def remove_stale_staging(parent: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def staging_folder(parent: Path):
-    """A new temporary folder in `parent`, removed on exit (also after an exception).
+    """A new temporary folder in `parent`, removed on exit (also after an exception, at interpreter exit, and on
+    SIGTERM or SIGHUP in the main thread: see the module's docstring).
 
     Stale staging folders of killed runs in `parent` are removed first.
     """
     remove_stale_staging(parent)
-    folder = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=parent))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    with _removed_on_termination():
+        folder = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=parent))
+        _LIVE.add(folder)
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+            _LIVE.discard(folder)
 
 
 def check_file_target(path: Path, what: str) -> None:

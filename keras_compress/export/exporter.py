@@ -39,9 +39,10 @@ def export(model, path, format="openvino", compress_to_fp16=False):
       or a folder with other files is an error.
 
     Wrong targets are refused before any work. The export is written into a temporary folder
-    next to the target (`.kc-export-<pid>-...`), removed afterwards whatever happened; one that
-    a killed export left behind is removed by the next export to the same folder. The
-    SavedModel -> IR conversion runs in a separate process (see `convert_saved_model`).
+    next to the target (`.kc-export-<pid>-...`), removed afterwards whatever happened, also when
+    the process exits or is ended by SIGTERM/SIGHUP during the export; one that a killed (SIGKILL)
+    export left behind is removed by the next export to the same folder. The SavedModel -> IR
+    conversion runs in a separate process (see `convert_saved_model`).
 
     Any Keras backend: on JAX or PyTorch the stripped model is written as a SavedModel by a helper
     process on the TensorFlow backend (`write_saved_model`), so the IR is the one a model trained
@@ -58,8 +59,8 @@ def export(model, path, format="openvino", compress_to_fp16=False):
         The `Path` of the `.xml` (OpenVINO) or of the SavedModel directory.
 
     Raises:
-        ValueError: for an unknown `format`.
-        TypeError: when `model` is not a `keras.Model`.
+        ValueError: for an unknown `format`, and a `path` that names no file or folder (`""`, `"."`).
+        TypeError: when `model` is not a `keras.Model`, `path` not a path or `compress_to_fp16` not a bool.
         IsADirectoryError, NotADirectoryError, FileExistsError: for a target that exists as the
             wrong kind of thing (see above), before any work.
         OSError: when the target's folder cannot be created or written.
@@ -73,11 +74,20 @@ def export(model, path, format="openvino", compress_to_fp16=False):
     """
     if format not in FORMATS:
         raise ValueError(f"`format` must be one of {FORMATS}. Received: format={format!r}")
+    if not isinstance(compress_to_fp16, bool):
+        raise TypeError(f"`compress_to_fp16` must be True or False. Received: compress_to_fp16={compress_to_fp16!r}")
     import keras
 
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model. Received: {type(model).__name__}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a str or an os.PathLike. Received: path={path!r}")
     target = Path(path)
+    if target.name in ("", ".", ".."):
+        raise ValueError(
+            f"`path` must name the {'IR file' if format == 'openvino' else 'SavedModel folder'} to write "
+            f"(`out/model`). Received: path={os.fspath(path)!r}, which names no file or folder."
+        )
     if format == "openvino":
         parent = check_ir_target(target).parent
     else:

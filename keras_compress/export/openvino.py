@@ -15,6 +15,7 @@ there, in a process without TensorFlow loaded, was not slower than in-process).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -58,13 +59,23 @@ _CONVERTER = JobProcess(lambda: CONVERTER_CODE, lambda code, source: ConverterCr
 
 
 def xml_path_for(path):
-    """`out/model` or `out/model.xml` -> Path("out/model.xml")."""
-    path = Path(path)
+    """`out/model` or `out/model.xml` -> Path("out/model.xml").
+
+    Raises:
+        ValueError: when `path` names no file (`""`, `"."`, `".."`, `"out/.."`).
+    """
+    shown, path = os.fspath(path), Path(path)
+    if path.name in ("", ".", ".."):
+        raise ValueError(
+            "The OpenVINO IR target must name the file to write (`out/model` or `out/model.xml`). "
+            f"Received: {shown!r}, which names no file."
+        )
     return path if path.suffix == ".xml" else path.with_name(path.name + ".xml")
 
 
 def check_ir_target(output):
-    """Raises, before any work, when the `.xml` or `.bin` of `output` exists as something else than a file."""
+    """Raises, before any work, when `output` names no file, or its `.xml` or `.bin` exists as something else
+    than a file."""
     xml = xml_path_for(output)
     check_file_target(xml, "OpenVINO IR (.xml)")
     check_file_target(xml.with_suffix(".bin"), "OpenVINO IR (.bin)")
@@ -92,7 +103,10 @@ def convert_saved_model(saved_model_dir, output, compress_to_fp16=False, source=
 
     Raises:
         FileNotFoundError: when `saved_model_dir` is not a SavedModel.
+        ValueError: when `output` names no file (`""`), before any work.
+        TypeError: when `compress_to_fp16` is not a bool.
         IsADirectoryError: when the `.xml` or `.bin` target exists as a directory (before any work).
+        OSError: when the target's directory cannot be created (before any work).
         ConverterCrashed: (a `RuntimeError`) when OpenVINO's converter process crashed.
         RuntimeError: when OpenVINO cannot convert the model (its message names the op).
     """
@@ -102,8 +116,13 @@ def convert_saved_model(saved_model_dir, output, compress_to_fp16=False, source=
             f"`saved_model_dir` must be a TensorFlow SavedModel directory (with saved_model.pb). "
             f"Received: {str(saved_model_dir)!r}"
         )
+    if not isinstance(compress_to_fp16, bool):
+        raise TypeError(f"`compress_to_fp16` must be True or False. Received: compress_to_fp16={compress_to_fp16!r}")
     xml = check_ir_target(output)
-    xml.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        xml.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a regular file where a folder of the path should be, no permission, ...
+        raise OSError(f"Cannot create the IR's directory {str(xml.parent)!r}: {err}") from err
     with staging_folder(xml.parent) as tmp:
         source = source or f"the SavedModel {str(saved_model_dir)!r}"
         # Absolute paths: the converter process may have been started in another working directory.
