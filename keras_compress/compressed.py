@@ -34,6 +34,7 @@ __all__ = [
     "describe_chain",
     "is_compressed",
     "make_from_config",
+    "saved_record",
     "set_sublayer",
     "signature_of",
     "signature_zeros",
@@ -63,6 +64,22 @@ def subtree(record, path):
         part[key] = {(k[len(start):] if k != path else ""): v for k, v in record.get(key, {}).items()
                      if k == path or k.startswith(start)}  # fmt: skip
     return part
+
+
+def saved_record(record):
+    """`record` as it is saved: the layers of the containers' own matmuls (`operations`, held as
+    layers) serialized as they are now. They are built by then (range init calls them), so their
+    configs carry a build config and loading builds them before it reads their variables (serialized
+    when compressing, before range init, they would load unbuilt and their saved variables unread)."""
+    operations = record.get("operations")
+    if not operations:
+        return record
+    saved = {
+        path: {key: keras.saving.serialize_keras_object(layer) if isinstance(layer, keras.layers.Layer) else layer
+               for key, layer in layers.items()}
+        for path, layers in operations.items()
+    }  # fmt: skip
+    return {**record, "operations": saved}
 
 
 def describe_chain(layer):
@@ -112,7 +129,7 @@ class CompressedLayer:
             "registered_name": keras.saving.get_registered_name(base),
             "config": config,
         }
-        return {"base": base_config, "compression": getattr(self, RECORD)}
+        return {"base": base_config, "compression": saved_record(getattr(self, RECORD))}
 
     #: `(user object, record) -> compressed object`: the transformer's `replay` (set by
     #: `keras_compress.transform`, which the package always imports).

@@ -8,12 +8,21 @@ forward pass, see `keras_compress.subclassed`) are held by a wrapper around that
 
 from __future__ import annotations
 
+import inspect
+
 import keras
 
 from keras_compress.base_layer import CompressionLayer, strip_layer
 from keras_compress.graph import is_any_tensor, replace_call_tensors
 
 __all__ = ["InputsWrapper"]
+
+
+def _takes_one_shape(layer):
+    """Whether `layer.build` takes one shape (`build(input_shape)`), not one per input."""
+    required = [p for p in inspect.signature(layer.build).parameters.values()
+                if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]  # fmt: skip
+    return len(required) <= 1
 
 
 @keras.saving.register_keras_serializable(package="keras_compress")
@@ -44,11 +53,16 @@ class InputsWrapper(CompressionLayer, keras.layers.Wrapper):
         ]
 
     def build(self, input_shape=None):
-        # The wrapped layer builds on its first call (it may take several inputs, whose shapes its own
-        # `build` knows how to read); the input layers (activation quantizers) need no shape.
+        # The input layers (activation quantizers) need no shape. The wrapped layer builds on its first
+        # call (it may take several inputs, whose shapes its own `build` knows how to read), or here when
+        # a shape is given and its `build` takes one, as Keras' Wrapper does: a composite layer's own
+        # `build()` may build its sublayers (KerasHub's blocks do) and then compute its output shape
+        # without calling them (a loaded Functional model would hold them unbuilt).
         for layer in self.input_layers:
             if not layer.built:
                 layer.build()
+        if input_shape is not None and not self.layer.built and _takes_one_shape(self.layer):
+            self.layer.build(input_shape)
         self.built = True
 
     def call(self, inputs, *args, **kwargs):

@@ -85,17 +85,21 @@ def _prefix(path):
 def _build_like(new, layer):
     """Builds `new` (wrappers around a copy of `layer`), innermost first, as `layer` was built: a
     container called in a graph may compute its output shape without calling its sublayers, which
-    would leave them unbuilt."""
+    would leave them unbuilt. An `InputsWrapper` needs no shape: it is built even around a layer
+    that is not (a Dropout that a loaded model has not called yet), or its quantizers' saved
+    variables would not load."""
     config = layer.get_build_config() if layer.built else None
-    if not config:
-        return
     chain = []
     while isinstance(new, CompressionLayer) and isinstance(new, keras.layers.Wrapper):
         chain.append(new)
         new = new.layer
     for wrapper in reversed(chain):
-        if not wrapper.built:
+        if wrapper.built:
+            continue
+        if config:
             wrapper.build_from_config(config)
+        elif isinstance(wrapper, InputsWrapper):
+            wrapper.build()
 
 
 def _attribute_layers(model):
@@ -246,9 +250,8 @@ class Transformer:
             if operations:
                 set_tracked(shell, OPERATIONS, operations)
             if vars(shell).get(OPERATIONS):
-                self.record["operations"][path] = {
-                    k: keras.saving.serialize_keras_object(layer) for k, layer in vars(shell)[OPERATIONS].items()
-                }
+                # The layers themselves: serialized when the model is saved (`saved_record`), built by then.
+                self.record["operations"][path] = dict(vars(shell)[OPERATIONS])
         if changed or is_compressed(shell):
             record = subtree(self.record, path)
             signature = (self.signature if not path else None) or getattr(obj, RECORD, {}).get("input_signature")

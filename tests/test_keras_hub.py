@@ -1,0 +1,87 @@
+"""KerasHub models: compressed with their task API kept (generate, predict), saved and loaded.
+
+The containers KerasHub is made of are tested first with plain Keras layers of the same shape (a block
+whose attention computes its matmuls with `keras.ops.einsum` and knows its output shape without calling
+its sublayers); then tiny KerasHub tasks. Every model family: tests/test_keras_hub_families.py.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import keras_compress as kc  # noqa: E402
+from helpers import quantization_config  # noqa: E402
+from keras_compress.compressed import OPERATIONS  # noqa: E402
+from keras_compress.graph import iter_layers  # noqa: E402
+
+L = keras.layers
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class EinsumAttention(L.Layer):
+    """Single-head attention written as KerasHub writes its blocks: projections as sublayers, the two
+    matmuls with `keras.ops.einsum`, dropout on the probabilities, and a `compute_output_shape` (so a
+    Functional model calls it symbolically without calling its sublayers, as MultiHeadAttention)."""
+
+    def __init__(self, dim, dropout=0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.dim, self.dropout = dim, dropout
+        self.query, self.key, self.value = L.Dense(dim, name="query"), L.Dense(dim, name="key"), L.Dense(dim, name="value")
+        self.dropout_layer = L.Dropout(dropout)
+
+    def build(self, input_shape):
+        for layer in (self.query, self.key, self.value):
+            layer.build(input_shape)
+        self.built = True
+
+    def call(self, x, training=None):
+        scores = keras.ops.einsum("btd,bsd->bts", self.query(x), self.key(x)) / float(self.dim) ** 0.5
+        probabilities = self.dropout_layer(keras.ops.softmax(scores, axis=-1), training=training)
+        return keras.ops.einsum("bts,bsd->btd", probabilities, self.value(x))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.dim)
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim, "dropout": self.dropout}
+
+
+def attention_model():
+    inputs = keras.Input((6, 8))
+    x = EinsumAttention(8, name="attention")(L.Dense(8, name="embed")(inputs))
+    return keras.Model(inputs, L.Dense(3, name="head")(x))
+
+
+def quantizer_ranges(model):
+    """`{name: [variable values]}` of every activation quantizer of `model`."""
+    return {layer.name: [np.asarray(v) for v in layer.variables]
+            for layer in iter_layers(model) if isinstance(layer, kc.FakeQuantize)}  # fmt: skip
+
+
+def test_the_quantizers_of_a_blocks_own_matmuls_save_and_load_with_their_ranges(tmp_path):
+    """The quantizers of the einsums' operands (held by the block) and of the probabilities (around the
+    dropout, which the loaded model has not called) load built, with the ranges range init gave them."""
+    keras.utils.set_random_seed(0)
+    model = attention_model()
+    x = np.random.default_rng(0).normal(size=(16, 6, 8)).astype("float32")
+    compressed, _ = kc.compress(model, quantization_config(init_samples=16), dataset=x)
+    ranges = quantizer_ranges(compressed)
+    # Both operands of both einsums are quantized: query, key and value by the block, the probabilities
+    # by the wrapper around the dropout that reads them.
+    attention = compressed.get_layer("attention")
+    assert sorted(vars(attention)[OPERATIONS]) == ["0_0", "0_1", "1_1"]
+    assert isinstance(attention.dropout_layer, kc.InputsWrapper)
+    compressed.save(tmp_path / "attention.keras")
+    loaded = keras.saving.load_model(tmp_path / "attention.keras")
+    attention = loaded.get_layer("attention")
+    assert sorted(vars(attention)[OPERATIONS]) == ["0_0", "0_1", "1_1"]
+    assert isinstance(attention.dropout_layer, kc.InputsWrapper)
+    loaded_ranges = quantizer_ranges(loaded)
+    assert set(loaded_ranges) == set(ranges)
+    for name, values in ranges.items():
+        assert all(np.array_equal(a, b) for a, b in zip(values, loaded_ranges[name])), name
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), compressed.predict(x, verbose=0), atol=1e-6)
