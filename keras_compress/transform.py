@@ -455,31 +455,53 @@ class Transformer:
 
     def _rebind(self, original, clone, path):
         """The copy of a graph-model subclass: an instance of its (compressed) class built on the
-        copied graph, holding the original's attributes with every layer replaced by its copy."""
+        copied graph, holding the original's attributes with every layer replaced by its copy and
+        every tensor of the original's graph by the copy's (`pyramid_outputs` of KerasHub's vision
+        backbones, which the models built on them read)."""
         cls = compressed_class(type(original))
         model = cls.__new__(cls)
         # What the user's class does in `__init__` (`super().__init__(inputs=..., outputs=...)`, once
         # Keras has put Functional among its bases), on the copied graph.
         functional_class().__init__(model, clone.input, clone.output, name=original.name)
         own = set(vars(model))
+        tensors = self._graph_tensors(original, clone)
         for name, value in vars(original).items():
             if name in own or name in _BASE_ATTRIBUTES or name.startswith(TRACKING_ATTRIBUTES) or name == RECORD:
                 continue
-            setattr(model, name, self._map_attribute(value, _join(path, name)))
+            setattr(model, name, self._map_attribute(value, _join(path, name), tensors))
         object.__setattr__(model, RECORD, subtree(self.record, path))
         return model
 
-    def _map_attribute(self, value, path):
+    def _graph_tensors(self, original, clone):
+        """`{id(tensor of the original's graph): the same tensor of the copy's graph}`: the inputs, and
+        the outputs of each operation (of its first call: the graph's) with a copy in the clone."""
+        tensors = {id(old): new for old, new in zip(keras.tree.flatten(original.input), keras.tree.flatten(clone.input))}
+        for operation in original.operations:
+            copy = self.copies.get(id(operation))
+            if copy is None or copy is operation:
+                continue
+            try:
+                old, new = keras.tree.flatten(operation.output), keras.tree.flatten(copy.output)
+            except (AttributeError, ValueError, RuntimeError):  # not called in a graph
+                continue
+            if len(old) == len(new):
+                tensors.update({id(o): n for o, n in zip(old, new)})
+        return tensors
+
+    def _map_attribute(self, value, path, tensors):
         """An attribute of a graph-model subclass for its copy: layers replaced by their copies (a
-        layer outside the graph with weights is transformed; one without is shared)."""
+        layer outside the graph with weights is transformed; one without is shared), tensors of the
+        original's graph by the copy's."""
         if isinstance(value, keras.layers.Layer):
             if id(value) in self.copies or value.weights:
                 return self.transform(value, path)
             return value
+        if isinstance(value, keras.KerasTensor):
+            return tensors.get(id(value), value)
         if isinstance(value, dict):
-            return {k: self._map_attribute(v, f"{path}/{k}") for k, v in value.items()}
+            return {k: self._map_attribute(v, f"{path}/{k}", tensors) for k, v in value.items()}
         if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-            items = [self._map_attribute(v, f"{path}/{i}") for i, v in enumerate(value)]
+            items = [self._map_attribute(v, f"{path}/{i}", tensors) for i, v in enumerate(value)]
             return tuple(items) if isinstance(value, tuple) else items
         return value
 

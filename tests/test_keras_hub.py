@@ -85,3 +85,29 @@ def test_the_quantizers_of_a_blocks_own_matmuls_save_and_load_with_their_ranges(
     for name, values in ranges.items():
         assert all(np.array_equal(a, b) for a, b in zip(values, loaded_ranges[name])), name
     np.testing.assert_allclose(loaded.predict(x, verbose=0), compressed.predict(x, verbose=0), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- KerasHub models
+keras_hub = pytest.importorskip("keras_hub")
+
+
+def tiny_resnet():
+    return keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 64],
+        stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="basic_block", image_shape=(32, 32, 3),
+    )  # fmt: skip
+
+
+def test_a_compressed_backbones_pyramid_outputs_are_tensors_of_its_own_graph():
+    """The feature maps KerasHub's vision backbones expose (`pyramid_outputs`, what DeepLabV3, RetinaNet
+    and SegFormer are built on) are the compressed graph's tensors, not the original's."""
+    keras.utils.set_random_seed(0)
+    backbone = tiny_resnet()
+    x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype("float32")
+    compressed, _ = kc.compress(backbone, quantization_config(init_samples=2), dataset=x)
+    features = keras.Model(compressed.inputs, compressed.pyramid_outputs)
+    expected = keras.Model(backbone.inputs, backbone.pyramid_outputs)(x)
+    got = features(x)
+    assert sorted(got) == ["P2", "P3"]
+    for key in got:  # 8-bit: close to the float feature maps
+        assert np.abs(np.asarray(got[key]) - np.asarray(expected[key])).max() < 0.1 * np.abs(np.asarray(expected[key])).max()
