@@ -13,7 +13,7 @@ import inspect
 import keras
 
 from keras_compress.base_layer import CompressionLayer, strip_layer
-from keras_compress.graph import is_any_tensor, replace_call_tensors
+from keras_compress.graph import init_with_call_signature, is_any_tensor, replace_call_tensors
 
 __all__ = ["InputsWrapper"]
 
@@ -44,7 +44,8 @@ class InputsWrapper(CompressionLayer, keras.layers.Wrapper):
 
     def __init__(self, layer, inputs, **kwargs):
         kwargs.setdefault("name", f"{layer.name}_inputs")
-        super().__init__(layer, **kwargs)
+        # Its calls bound as the wrapped layer's (keyword arguments mixing tensors and other values).
+        init_with_call_signature(self, layer, super().__init__, layer, **kwargs)
         items = sorted((int(position), inner) for position, inner in inputs.items())
         self.positions = [position for position, _ in items]
         self.input_layers = [

@@ -87,6 +87,58 @@ def test_the_quantizers_of_a_blocks_own_matmuls_save_and_load_with_their_ranges(
     np.testing.assert_allclose(loaded.predict(x, verbose=0), compressed.predict(x, verbose=0), atol=1e-6)
 
 
+@keras.saving.register_keras_serializable(package="tests")
+class Rotate(L.Layer):
+    """Applies rotary position embeddings to all but the first tokens, as KerasHub's DINOv3 layers are
+    called: a tuple of tensors and an int among the keyword arguments."""
+
+    def call(self, x, position_embeddings=None, num_prefix_tokens=0):
+        cos, sin = position_embeddings
+        rotated = x[:, num_prefix_tokens:] * cos + keras.ops.flip(x[:, num_prefix_tokens:], axis=-1) * sin
+        return keras.ops.concatenate([x[:, :num_prefix_tokens], rotated], axis=1)
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class Encoder(L.Layer):
+    """Blocks held in `self.layers`, as KerasHub's DINOV2Encoder holds them (a name a model has too)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.layers = [L.Dense(8, activation="relu", name="up"), L.Dense(8, name="down")]
+
+    def call(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def test_layers_called_with_tensors_and_other_values_among_their_keywords_compress():
+    keras.utils.set_random_seed(0)
+    tokens, cos, sin = keras.Input((5, 8)), keras.Input((4, 8)), keras.Input((4, 8))
+    x = Rotate(name="rotate")(L.Dense(8, name="embed")(tokens), position_embeddings=(cos, sin), num_prefix_tokens=1)
+    model = keras.Model([tokens, cos, sin], L.Dense(2, name="head")(x))
+    data = [np.random.default_rng(i).normal(size=shape).astype("float32") for i, shape in enumerate([(4, 5, 8), (4, 4, 8), (4, 4, 8)])]
+    compressed, _ = kc.compress(model, quantization_config(init_samples=4), dataset=data)
+    assert isinstance(compressed.get_layer("head"), kc.QuantizeWrapper)
+    reference = model.predict(data, verbose=0)
+    assert np.abs(compressed.predict(data, verbose=0) - reference).max() < 0.1 * np.abs(reference).max()
+    # A wrapper that quantizes the inputs of such a layer is called as the layer is.
+    wrapped = kc.InputsWrapper(Rotate(), {0: L.Identity()})
+    np.testing.assert_allclose(
+        wrapped(data[0], position_embeddings=(data[1], data[2]), num_prefix_tokens=1),
+        Rotate()(data[0], position_embeddings=(data[1], data[2]), num_prefix_tokens=1),
+    )
+
+
+def test_the_blocks_a_layer_holds_in_an_attribute_named_layers_are_compressed():
+    inputs = keras.Input((6, 8))
+    model = keras.Model(inputs, Encoder(name="encoder")(inputs))
+    x = np.random.default_rng(0).normal(size=(8, 6, 8)).astype("float32")
+    compressed, ctrl = kc.compress(model, quantization_config(init_samples=8), dataset=x)
+    assert [type(layer).__name__ for layer in compressed.get_layer("encoder").layers] == ["InputsWrapper"] * 2
+    assert ctrl.statistics().figures()["quantization/weight_quantizers"] == 2
+
+
 # ---------------------------------------------------------------------------- KerasHub models
 keras_hub = pytest.importorskip("keras_hub")
 
