@@ -87,11 +87,23 @@ def describe_chain(layer):
     `layer` (an empty list for a layer that is not wrapped)."""
     chain = []
     while layer is not innermost(layer):
-        config = layer.get_config()
-        config.pop("layer")
+        config = _config_without_layer(layer)
         chain.append({"class_name": keras.saving.get_registered_name(type(layer)), "config": config})
         layer = layer.layer
     return chain
+
+
+def _config_without_layer(wrapper):
+    """A wrapper's config without its `layer`, which is not serialized: a library's layer may not be
+    (KerasHub's DepthAnything holds a Keras `Identity` made with a DTypePolicy object, whose automatic
+    config raises). The config is read from a detached shell of the wrapper holding a stand-in layer;
+    the wrapper itself is not touched."""
+    shell = object.__new__(type(wrapper))
+    shell.__dict__.update(vars(wrapper))
+    shell.__dict__["layer"] = keras.layers.Identity(name=wrapper.layer.name)
+    config = shell.get_config()
+    config.pop("layer")
+    return config
 
 
 def build_chain(chain, layer):

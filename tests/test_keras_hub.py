@@ -163,3 +163,28 @@ def test_a_compressed_backbones_pyramid_outputs_are_tensors_of_its_own_graph():
     assert sorted(got) == ["P2", "P3"]
     for key in got:  # 8-bit: close to the float feature maps
         assert np.abs(np.asarray(got[key]) - np.asarray(expected[key])).max() < 0.1 * np.abs(np.asarray(expected[key])).max()
+
+
+def test_a_layer_whose_config_cannot_be_serialized_is_wrapped_and_saved(tmp_path):
+    """A Keras Identity made with a DTypePolicy object (as KerasHub's DepthAnything makes it) has no
+    config; the record of its wrapper does not need one, and the model saves."""
+
+    @keras.saving.register_keras_serializable(package="tests")
+    class Head(L.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.resize = L.Identity(dtype=self.dtype_policy, name="resize")
+            self.dense = L.Dense(4, name="dense")
+
+        def call(self, x):
+            return self.dense(self.resize(x))
+
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, Head(name="head")(L.Dense(6, activation="relu", name="stem")(inputs)))
+    with pytest.raises(NotImplementedError):
+        model.get_layer("head").resize.get_config()
+    x = np.random.default_rng(0).normal(size=(8, 6)).astype("float32")
+    compressed, _ = kc.compress(model, quantization_config(init_samples=8), dataset=x)
+    compressed.save(tmp_path / "head.keras")
+    loaded = keras.saving.load_model(tmp_path / "head.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), compressed.predict(x, verbose=0), atol=1e-6)
