@@ -13,6 +13,7 @@ that holds it; a chain (`describe_chain`) is the keras_compress wrappers around 
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import keras
@@ -22,6 +23,7 @@ from keras_compress.base_layer import innermost
 from keras_compress.operations import applying, attention_with_public_ops, has_private_attention
 
 __all__ = [
+    "BASE_CONFIG",
     "OPERATIONS",
     "PATH_KEYED",
     "RECORD",
@@ -34,6 +36,7 @@ __all__ = [
     "describe_chain",
     "is_compressed",
     "make_from_config",
+    "remember_base_config",
     "saved_record",
     "set_sublayer",
     "signature_of",
@@ -49,6 +52,9 @@ RECORD = "_compression_record"
 OPERATIONS = "_compression_operations"
 
 
+
+#: The attribute of a compressed object holding the user's config of the object it was made from.
+BASE_CONFIG = "_compression_base_config"
 
 #: The parts of a record keyed by path (of a layer, a graph, a container).
 PATH_KEYED = ("layers", "graphs", "operations")
@@ -134,14 +140,14 @@ class CompressedLayer:
 
     def get_config(self):
         base = compression_base(type(self))
-        config = super().get_config()
-        base_config = {
+        config = base_config(self)
+        base_config_ = {
             "module": base.__module__,
             "class_name": base.__name__,
             "registered_name": keras.saving.get_registered_name(base),
             "config": config,
         }
-        return {"base": base_config, "compression": saved_record(getattr(self, RECORD))}
+        return {"base": base_config_, "compression": saved_record(getattr(self, RECORD))}
 
     #: `(user object, record) -> compressed object`: the transformer's `replay` (set by
     #: `keras_compress.transform`, which the package always imports).
@@ -259,8 +265,30 @@ def signature_of(batch):
 
 
 def base_config(layer):
-    """The user's config of `layer` (for a compressed one, what its own class's `get_config` returns)."""
-    return super(CompressedLayer, layer).get_config() if is_compressed(layer) else layer.get_config()
+    """The user's config of `layer`: for a compressed one, the config of the user's object it was made
+    from (`remember_base_config`), else what its own class's `get_config` returns on it."""
+    if not is_compressed(layer):
+        return layer.get_config()
+    remembered = vars(layer).get(BASE_CONFIG)
+    return copy.deepcopy(remembered) if remembered is not None else super(CompressedLayer, layer).get_config()
+
+
+def remember_base_config(compressed, original):
+    """Keeps the user's config of `original` on its compressed copy, for `base_config`.
+
+    The user's `get_config` run on the copy would describe the copy: the compressed sub-models it holds
+    (a KerasHub DeepLabV3's `image_encoder`, saved compressed, would then be compressed again when the
+    record is replayed on load, and the models the backbone builds on it would not match), or attributes
+    of sublayers that are wrappers now (`TokenAndPositionEmbedding.get_config` reads
+    `token_embedding.tie_weights`). The original's config, with the record, rebuilds the copy. An object
+    whose `get_config` raises keeps nothing (its copy's own `get_config` is used, and may raise too).
+    """
+    try:
+        # Serialized as saving serializes it (a KerasHub backbone's config holds its sub-models as objects).
+        config = keras.saving.serialize_keras_object(base_config(original))
+    except Exception:  # noqa: BLE001 - a user's get_config may raise anything; saving will say so
+        return
+    object.__setattr__(compressed, BASE_CONFIG, config)
 
 
 def make_from_config(cls, layer):

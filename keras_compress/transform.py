@@ -44,6 +44,7 @@ from keras_compress.compressed import (
     describe_chain,
     is_compressed,
     make_from_config,
+    remember_base_config,
     set_sublayer,
     signature_of,
     signature_zeros,
@@ -258,6 +259,7 @@ class Transformer:
             if isinstance(obj, keras.Model) and signature is not None:
                 record = {**record, "input_signature": signature}
             object.__setattr__(shell, RECORD, record)
+            remember_base_config(shell, obj)
         return shell
 
     def _input_layers(self, recorded, path):
@@ -470,6 +472,7 @@ class Transformer:
                 continue
             setattr(model, name, self._map_attribute(value, _join(path, name), tensors))
         object.__setattr__(model, RECORD, subtree(self.record, path))
+        remember_base_config(model, original)
         return model
 
     def _graph_tensors(self, original, clone):
