@@ -15,6 +15,7 @@ keras_compress wrappers around the user's layer; a container that makes its subl
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import keras
@@ -24,6 +25,7 @@ from keras_compress.base_layer import innermost
 from keras_compress.operations import applying, attention_with_public_ops, has_private_attention
 
 __all__ = [
+    "BASE_CONFIG",
     "OPERATIONS",
     "PATH_KEYED",
     "RECORD",
@@ -36,6 +38,8 @@ __all__ = [
     "describe_chain",
     "is_compressed",
     "make_from_config",
+    "remember_base_config",
+    "saved_record",
     "set_sublayer",
     "signature_of",
     "signature_zeros",
@@ -50,6 +54,9 @@ RECORD = "_compression_record"
 OPERATIONS = "_compression_operations"
 
 
+
+#: The attribute of a compressed object holding the user's config of the object it was made from.
+BASE_CONFIG = "_compression_base_config"
 
 #: The parts of a record keyed by path (of a layer, a graph, a container).
 PATH_KEYED = ("layers", "graphs", "operations", "builds")
@@ -67,16 +74,44 @@ def subtree(record, path):
     return part
 
 
+def saved_record(record):
+    """`record` as it is saved: the layers of the containers' own matmuls (`operations`, held as
+    layers) serialized as they are now. They are built by then (range init calls them), so their
+    configs carry a build config and loading builds them before it reads their variables (serialized
+    when compressing, before range init, they would load unbuilt and their saved variables unread)."""
+    operations = record.get("operations")
+    if not operations:
+        return record
+    saved = {
+        path: {key: keras.saving.serialize_keras_object(layer) if isinstance(layer, keras.layers.Layer) else layer
+               for key, layer in layers.items()}
+        for path, layers in operations.items()
+    }  # fmt: skip
+    return {**record, "operations": saved}
+
+
 def describe_chain(layer):
     """The keras_compress wrappers around the user's layer, outermost first, each config without its
     `layer` (an empty list for a layer that is not wrapped)."""
     chain = []
     while layer is not innermost(layer):
-        config = layer.get_config()
-        config.pop("layer")
+        config = _config_without_layer(layer)
         chain.append({"class_name": keras.saving.get_registered_name(type(layer)), "config": config})
         layer = layer.layer
     return chain
+
+
+def _config_without_layer(wrapper):
+    """A wrapper's config without its `layer`, which is not serialized: a library's layer may not be
+    (KerasHub's DepthAnything holds a Keras `Identity` made with a DTypePolicy object, whose automatic
+    config raises). The config is read from a detached shell of the wrapper holding a stand-in layer;
+    the wrapper itself is not touched."""
+    shell = object.__new__(type(wrapper))
+    shell.__dict__.update(vars(wrapper))
+    shell.__dict__["layer"] = keras.layers.Identity(name=wrapper.layer.name)
+    config = shell.get_config()
+    config.pop("layer")
+    return config
 
 
 def build_chain(chain, layer):
@@ -107,14 +142,14 @@ class CompressedLayer:
 
     def get_config(self):
         base = compression_base(type(self))
-        config = super().get_config()
-        base_config = {
+        config = base_config(self)
+        base_config_ = {
             "module": base.__module__,
             "class_name": base.__name__,
             "registered_name": keras.saving.get_registered_name(base),
             "config": config,
         }
-        return {"base": base_config, "compression": getattr(self, RECORD)}
+        return {"base": base_config_, "compression": saved_record(getattr(self, RECORD))}
 
     #: `(user object, record) -> compressed object`: the transformer's `replay` (set by
     #: `keras_compress.transform`, which the package always imports).
@@ -232,8 +267,30 @@ def signature_of(batch):
 
 
 def base_config(layer):
-    """The user's config of `layer` (for a compressed one, what its own class's `get_config` returns)."""
-    return super(CompressedLayer, layer).get_config() if is_compressed(layer) else layer.get_config()
+    """The user's config of `layer`: for a compressed one, the config of the user's object it was made
+    from (`remember_base_config`), else what its own class's `get_config` returns on it."""
+    if not is_compressed(layer):
+        return layer.get_config()
+    remembered = vars(layer).get(BASE_CONFIG)
+    return copy.deepcopy(remembered) if remembered is not None else super(CompressedLayer, layer).get_config()
+
+
+def remember_base_config(compressed, original):
+    """Keeps the user's config of `original` on its compressed copy, for `base_config`.
+
+    The user's `get_config` run on the copy would describe the copy: the compressed sub-models it holds
+    (a KerasHub DeepLabV3's `image_encoder`, saved compressed, would then be compressed again when the
+    record is replayed on load, and the models the backbone builds on it would not match), or attributes
+    of sublayers that are wrappers now (`TokenAndPositionEmbedding.get_config` reads
+    `token_embedding.tie_weights`). The original's config, with the record, rebuilds the copy. An object
+    whose `get_config` raises keeps nothing (its copy's own `get_config` is used, and may raise too).
+    """
+    try:
+        # Serialized as saving serializes it (a KerasHub backbone's config holds its sub-models as objects).
+        config = keras.saving.serialize_keras_object(base_config(original))
+    except Exception:  # noqa: BLE001 - a user's get_config may raise anything; saving will say so
+        return
+    object.__setattr__(compressed, BASE_CONFIG, config)
 
 
 def make_from_config(cls, layer):

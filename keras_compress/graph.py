@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 
 import keras
 import numpy as np
@@ -31,6 +32,7 @@ __all__ = [
     "child_layers",
     "input_layer_names",
     "is_container",
+    "init_with_call_signature",
     "iter_layers",
     "own_weights",
     "layers_by_path",
@@ -164,8 +166,11 @@ TensorRef = tuple
 #: Prefixes of the attributes TensorFlow's object tracking adds to a layer (`_self_unconditional_...`):
 #: bookkeeping, not sublayers (a user's `_self_attention` attribute is one).
 TRACKING_ATTRIBUTES = ("_self_unconditional", "_self_update_uid", "_self_name_based", "_self_saveable", "_self_setattr")
-#: Attributes every Keras layer and model has: not sublayers of a user's class.
-_BASE_ATTRIBUTES = frozenset(dir(keras.layers.Layer())) | frozenset(dir(keras.Model()))
+#: Attributes every Keras layer has: not sublayers of a user's class.
+_LAYER_ATTRIBUTES = frozenset(dir(keras.layers.Layer()))
+#: Attributes every Keras layer and model has. A layer that is not a model may use the names only a
+#: model has for its own sublayers (KerasHub's DINOV2Encoder holds its blocks in `self.layers`).
+_BASE_ATTRIBUTES = _LAYER_ATTRIBUTES | frozenset(dir(keras.Model()))
 
 
 def is_container(layer):
@@ -214,8 +219,9 @@ def child_layers(layer):
 def _attribute_children(layer):
     """`[(attribute path, layer)]` of the layers in `layer`'s own attributes, lists and dicts."""
     children = []
+    base = _BASE_ATTRIBUTES if isinstance(layer, keras.Model) else _LAYER_ATTRIBUTES
     for attribute, value in sorted(vars(layer).items()):
-        if attribute in _BASE_ATTRIBUTES or attribute.startswith(("__", *TRACKING_ATTRIBUTES)):
+        if attribute in base or attribute.startswith(("__", *TRACKING_ATTRIBUTES)):
             continue
         if attribute == "layer" and isinstance(layer, keras.layers.Wrapper):
             continue
@@ -395,6 +401,30 @@ class ModelGraph:
         return ref in self.outputs
 
 
+def init_with_call_signature(layer, stand_for, init, *args, **kwargs):
+    """Runs `init(*args, **kwargs)` (the `__init__` of Keras' Layer, for `layer`) with `layer.call`
+    taking the signature of `stand_for.call`: for a layer that calls another with `call(inputs, *args,
+    **kwargs)` (a wrapper, a stand-in).
+
+    Keras binds the arguments of every call of a layer by the signature its `call` had when the layer
+    was made: with `**kwargs`, all keyword arguments would be one nested argument, which Keras refuses
+    when it mixes tensors and other values (KerasHub's DINOv3 layers take `position_embeddings=(cos,
+    sin), num_prefix_tokens=5`), and `training` / `mask` would not be passed on. The signature is given
+    while `init` runs only; the layer's class `call` runs the calls.
+    """
+    signature = inspect.signature(stand_for.call)
+
+    def call(*call_args, **call_kwargs):  # pragma: no cover - replaced before any call
+        raise NotImplementedError
+
+    call.__signature__ = signature
+    object.__setattr__(layer, "call", call)
+    try:
+        init(*args, **kwargs)
+    finally:
+        object.__delattr__(layer, "call")
+
+
 class _StandIn(keras.layers.Layer):
     """Takes a layer's place while a graph is traced: computes what it would return, and calls nothing.
 
@@ -403,7 +433,9 @@ class _StandIn(keras.layers.Layer):
     """
 
     def __init__(self, original):
-        super().__init__(name=original.name, dtype=original.dtype_policy, autocast=False)
+        init_with_call_signature(
+            self, original, super().__init__, name=original.name, dtype=original.dtype_policy, autocast=False
+        )
         self.original = original
         self.built = True
 

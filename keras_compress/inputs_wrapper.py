@@ -8,12 +8,21 @@ forward pass, see `keras_compress.subclassed`) are held by a wrapper around that
 
 from __future__ import annotations
 
+import inspect
+
 import keras
 
 from keras_compress.base_layer import CompressionLayer, strip_layer
-from keras_compress.graph import is_any_tensor, replace_call_tensors
+from keras_compress.graph import init_with_call_signature, is_any_tensor, replace_call_tensors
 
 __all__ = ["InputsWrapper"]
+
+
+def _takes_one_shape(layer):
+    """Whether `layer.build` takes one shape (`build(input_shape)`), not one per input."""
+    required = [p for p in inspect.signature(layer.build).parameters.values()
+                if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]  # fmt: skip
+    return len(required) <= 1
 
 
 @keras.saving.register_keras_serializable(package="keras_compress")
@@ -35,7 +44,8 @@ class InputsWrapper(CompressionLayer, keras.layers.Wrapper):
 
     def __init__(self, layer, inputs, **kwargs):
         kwargs.setdefault("name", layer.name)  # it stands for the layer (a graph names it, scopes match it)
-        super().__init__(layer, **kwargs)
+        # Its calls bound as the wrapped layer's (keyword arguments mixing tensors and other values).
+        init_with_call_signature(self, layer, super().__init__, layer, **kwargs)
         items = sorted((int(position), inner) for position, inner in inputs.items())
         self.positions = [position for position, _ in items]
         self.input_layers = [
@@ -44,10 +54,13 @@ class InputsWrapper(CompressionLayer, keras.layers.Wrapper):
         ]
 
     def build(self, *args, **kwargs):
-        # The shapes are the wrapped layer's (a parent's `build()` may build it by hand, with the
-        # arguments of the wrapped layer's own `build`); the input layers (activation quantizers)
-        # need no shape.
-        if not self.layer.built and (args or kwargs) and not all(a is None for a in (*args, *kwargs.values())):
+        # The shapes are the wrapped layer's: a composite layer's own `build()` may build its sublayers
+        # by hand, with the arguments of their own `build` (KerasHub's blocks do, then compute their
+        # output shape without calling them). Keras' first call gives one shape; a wrapped layer whose
+        # `build` takes one per input builds on its first call instead. The input layers (activation
+        # quantizers) need no shape.
+        given = [a for a in (*args, *kwargs.values()) if a is not None]
+        if not self.layer.built and given and (len(args) + len(kwargs) > 1 or _takes_one_shape(self.layer)):
             self.layer.build(*args, **kwargs)
         for layer in self.input_layers:
             if not layer.built:

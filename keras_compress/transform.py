@@ -44,6 +44,7 @@ from keras_compress.compressed import (
     describe_chain,
     is_compressed,
     make_from_config,
+    remember_base_config,
     set_sublayer,
     signature_of,
     signature_zeros,
@@ -85,17 +86,21 @@ def _prefix(path):
 def _build_like(new, layer):
     """Builds `new` (wrappers around a copy of `layer`), innermost first, as `layer` was built: a
     container called in a graph may compute its output shape without calling its sublayers, which
-    would leave them unbuilt."""
+    would leave them unbuilt. An `InputsWrapper` needs no shape: it is built even around a layer
+    that is not (a Dropout that a loaded model has not called yet), or its quantizers' saved
+    variables would not load."""
     config = layer.get_build_config() if layer.built else None
-    if not config:
-        return
     chain = []
     while isinstance(new, CompressionLayer) and isinstance(new, keras.layers.Wrapper):
         chain.append(new)
         new = new.layer
     for wrapper in reversed(chain):
-        if not wrapper.built:
+        if wrapper.built:
+            continue
+        if config:
             wrapper.build_from_config(config)
+        elif isinstance(wrapper, InputsWrapper):
+            wrapper.build()
 
 
 def _attribute_layers(model):
@@ -255,15 +260,15 @@ class Transformer:
                         layer.build()
                 set_tracked(shell, OPERATIONS, operations)
             if vars(shell).get(OPERATIONS):
-                self.record["operations"][path] = {
-                    k: keras.saving.serialize_keras_object(layer) for k, layer in vars(shell)[OPERATIONS].items()
-                }
+                # The layers themselves: serialized when the model is saved (`saved_record`), built by then.
+                self.record["operations"][path] = dict(vars(shell)[OPERATIONS])
         if changed or is_compressed(shell):
             record = subtree(self.record, path)
             signature = (self.signature if not path else None) or getattr(obj, RECORD, {}).get("input_signature")
             if isinstance(obj, keras.Model) and signature is not None:
                 record = {**record, "input_signature": signature}
             object.__setattr__(shell, RECORD, record)
+            remember_base_config(shell, obj)
         return shell
 
     def _input_layers(self, recorded, path):
@@ -461,31 +466,54 @@ class Transformer:
 
     def _rebind(self, original, clone, path):
         """The copy of a graph-model subclass: an instance of its (compressed) class built on the
-        copied graph, holding the original's attributes with every layer replaced by its copy."""
+        copied graph, holding the original's attributes with every layer replaced by its copy and
+        every tensor of the original's graph by the copy's (`pyramid_outputs` of KerasHub's vision
+        backbones, which the models built on them read)."""
         cls = compressed_class(type(original))
         model = cls.__new__(cls)
         # What the user's class does in `__init__` (`super().__init__(inputs=..., outputs=...)`, once
         # Keras has put Functional among its bases), on the copied graph.
         functional_class().__init__(model, clone.input, clone.output, name=original.name)
         own = set(vars(model))
+        tensors = self._graph_tensors(original, clone)
         for name, value in vars(original).items():
             if name in own or name in _BASE_ATTRIBUTES or name.startswith(TRACKING_ATTRIBUTES) or name == RECORD:
                 continue
-            setattr(model, name, self._map_attribute(value, _join(path, name)))
+            setattr(model, name, self._map_attribute(value, _join(path, name), tensors))
         object.__setattr__(model, RECORD, subtree(self.record, path))
+        remember_base_config(model, original)
         return model
 
-    def _map_attribute(self, value, path):
+    def _graph_tensors(self, original, clone):
+        """`{id(tensor of the original's graph): the same tensor of the copy's graph}`: the inputs, and
+        the outputs of each operation (of its first call: the graph's) with a copy in the clone."""
+        tensors = {id(old): new for old, new in zip(keras.tree.flatten(original.input), keras.tree.flatten(clone.input))}
+        for operation in original.operations:
+            copy = self.copies.get(id(operation))
+            if copy is None or copy is operation:
+                continue
+            try:
+                old, new = keras.tree.flatten(operation.output), keras.tree.flatten(copy.output)
+            except (AttributeError, ValueError, RuntimeError):  # not called in a graph
+                continue
+            if len(old) == len(new):
+                tensors.update({id(o): n for o, n in zip(old, new)})
+        return tensors
+
+    def _map_attribute(self, value, path, tensors):
         """An attribute of a graph-model subclass for its copy: layers replaced by their copies (a
-        layer outside the graph with weights is transformed; one without is shared)."""
+        layer outside the graph with weights is transformed; one without is shared), tensors of the
+        original's graph by the copy's."""
         if isinstance(value, keras.layers.Layer):
             if id(value) in self.copies or value.weights:
                 return self.transform(value, path)
             return value
+        if isinstance(value, keras.KerasTensor):
+            return tensors.get(id(value), value)
         if isinstance(value, dict):
-            return {k: self._map_attribute(v, f"{path}/{k}") for k, v in value.items()}
+            return {k: self._map_attribute(v, f"{path}/{k}", tensors) for k, v in value.items()}
         if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-            items = [self._map_attribute(v, f"{path}/{i}") for i, v in enumerate(value)]
+            items = [self._map_attribute(v, f"{path}/{i}", tensors) for i, v in enumerate(value)]
             return tuple(items) if isinstance(value, tuple) else items
         return value
 
