@@ -10,14 +10,15 @@ For each model and seed, in one process:
 - FP32: a few hundred Adam steps (linear warmup, cosine decay to 0); perplexity of the Keras model and
   of its IR (`kc.export`, INFERENCE_PRECISION_HINT=f32);
 - NNCF PTQ INT8: `nncf.quantize(fp32_ir, model_type=nncf.ModelType.TRANSFORMER)`, training windows as
-  calibration data;
+  calibration data, as the preset is and with SmoothQuant off;
 - keras_compress QAT INT8: `kc.compress(model, "int8", dataset=training windows)` (the model keeps its
   class), a short fine-tuning with `ctrl.callbacks()`, `kc.export`.
 Perplexity is exp of the mean next-token cross-entropy over every position of the held-out windows,
 computed from the IR's logits (float64). INT8 IRs run with the CPU plugin's default precision hint (as
 deployed). Agreement of each IR with the Keras model it came from (f32 hint, held-out windows): largest
 and mean |logit difference| and the share of positions with the same top-1 token. The share of
-MatMul/FullyConnected ops running u8/i8 in the CPU runtime model is given for the first seed's IRs.
+MatMul/FullyConnected ops running u8/i8 in the CPU runtime model, and the latency of one forward pass
+over a window at batch 1 (interleaved rounds), are given for the first seed's IRs.
 
 Usage:
     python benchmarks/lm_perplexity.py [--quick] [--seeds 3] [--models gpt2 gemma] [--json out.json]
@@ -41,18 +42,19 @@ import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_compress as kc  # noqa: E402
-from keras_compress.benchmark import compile_ir, compute_op_precisions  # noqa: E402
+from keras_compress.benchmark import benchmark_models, compile_ir, compute_op_precisions  # noqa: E402
 from keras_compress.statistics import format_table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from int8_speed import nncf_ptq  # noqa: E402
+from text_classification import nncf_transformer_ptq  # noqa: E402
 from text_data import source_bytes  # noqa: E402
 
 TRAIN_MODULES = ("asyncio", "email", "logging", "argparse", "json", "http", "unittest")
 TEST_MODULES = ("tarfile", "zipfile")
 LENGTH = 128
 INT8 = ("u8", "i8")
+IRS = ("FP32", "keras_compress INT8", "NNCF PTQ INT8", "NNCF PTQ INT8, SQ off")
 
 
 def gpt2():
@@ -160,8 +162,10 @@ def run_model_seed(key, seed, data, workdir, settings, shares):
     result["agreement FP32"] = agreement(fp32_logits, fp32_ir)
 
     calibration, _ = random_windows(train, settings["calibration"], rng)
-    nncf_xml = nncf_ptq(fp32_xml, calibration, workdir / f"{key}{seed}_nncf.xml", "TRANSFORMER")
+    nncf_xml = nncf_transformer_ptq(fp32_xml, calibration, workdir / f"{key}{seed}_nncf.xml")
     result["NNCF PTQ INT8 IR"] = perplexity(ir_logits(nncf_xml, x_test, "default"), y_test)
+    nncf_sq_off_xml = nncf_transformer_ptq(fp32_xml, calibration, workdir / f"{key}{seed}_nncf_sq_off.xml", False)
+    result["NNCF PTQ INT8 IR, SQ off"] = perplexity(ir_logits(nncf_sq_off_xml, x_test, "default"), y_test)
 
     start = time.perf_counter()
     compressed, ctrl = kc.compress(model, "int8", dataset=calibration, verbose=0)
@@ -176,20 +180,29 @@ def run_model_seed(key, seed, data, workdir, settings, shares):
     result["agreement INT8"] = agreement(compressed_logits, ir_logits(kc_xml, x_test, "f32"))
     result["class"] = type(compressed).__name__
     if key not in shares:
-        shares[key] = {"FP32": int8_share(fp32_xml), "keras_compress INT8": int8_share(kc_xml),
-                       "NNCF PTQ INT8": int8_share(nncf_xml)}  # fmt: skip
+        xmls = dict(zip(IRS, (fp32_xml, kc_xml, nncf_xml, nncf_sq_off_xml)))
+        shares[key] = {label: int8_share(xml) for label, xml in xmls.items()}
+        if settings["rounds"]:
+            one = {name: array[:1] for name, array in x_test.items()}
+            compiled = {f"{label} ({hint})": compile_ir(xml, hint) for label, xml in xmls.items() for hint in ("f32", "default")}
+            times = benchmark_models(compiled, rounds=settings["rounds"], iterations=settings["iterations"], warmup=10,
+                                     inputs={k: one for k in compiled})  # fmt: skip
+            result["latency_ms"] = {k: v["latency_ms"] for k, v in times.items()}
+            result["ratios"] = {}
+            for k in compiled:
+                hint = k.rsplit(" (", 1)[1][:-1]
+                per_round = np.array(times[f"keras_compress INT8 ({hint})"]["rounds_ms"]) / np.array(times[k]["rounds_ms"])
+                result["ratios"][k] = [float(np.median(per_round)), float(per_round.min()), float(per_round.max())]
     return result
 
 
 # ------------------------------------------------------------------------------ report
-COLUMNS = ("FP32 Keras", "FP32 IR", "NNCF PTQ INT8 IR", "keras_compress QAT INT8 IR")
+COLUMNS = ("FP32 Keras", "FP32 IR", "NNCF PTQ INT8 IR", "NNCF PTQ INT8 IR, SQ off", "keras_compress QAT INT8 IR")
 
 
 def perplexity_rows(results):
     def row(label, r):
-        fp32 = r["FP32 Keras"]
-        return [label, *(f"{r[c]:.4f}" for c in COLUMNS), f"{100 * (r['keras_compress QAT INT8 IR'] / fp32 - 1):+.2f}",
-                f"{100 * (r['NNCF PTQ INT8 IR'] / fp32 - 1):+.2f}"]  # fmt: skip
+        return [label, *(f"{r[c]:.4f}" for c in COLUMNS), *(f"{100 * (r[c] / r['FP32 Keras'] - 1):+.2f}" for c in COLUMNS[2:])]
 
     rows = []
     for key in dict.fromkeys(r["model"] for r in results):
@@ -199,7 +212,7 @@ def perplexity_rows(results):
     return rows
 
 
-PERPLEXITY_HEADER = ["model, seed", *COLUMNS, "keras_compress vs FP32 (%)", "NNCF vs FP32 (%)"]
+PERPLEXITY_HEADER = ["model, seed", *COLUMNS, *(f"{c.replace(' INT8 IR', '')} vs FP32 (%)" for c in COLUMNS[2:])]
 
 
 def agreement_rows(results):
@@ -222,8 +235,9 @@ def report(results, shares, settings, test_tokens):
         f"windows of {LENGTH} bytes, Adam {settings['fp32_lr']:g} with warmup and cosine decay); perplexity on "
         f"{settings['test_windows']} fixed windows of {', '.join(TEST_MODULES)} ({test_tokens} predicted bytes). "
         f"keras_compress: `kc.compress(model, \"int8\")` with {settings['calibration']} training windows, "
-        f"{settings['qat_steps']} QAT steps at {settings['qat_lr']:g}; NNCF PTQ (TRANSFORMER) with the same "
-        "calibration windows. INT8 IRs at the default precision hint, the FP32 IR at f32.",
+        f"{settings['qat_steps']} QAT steps at {settings['qat_lr']:g}; NNCF PTQ (`model_type=TRANSFORMER`) with the "
+        "same calibration windows, as the preset is and with SmoothQuant off (SQ off). INT8 IRs at the default "
+        "precision hint, the FP32 IR at f32.",
         "",
     ]
     for key in dict.fromkeys(r["model"] for r in results):
@@ -244,12 +258,26 @@ def report(results, shares, settings, test_tokens):
              ", ".join(f"{k} {n}" for k, n in s[2].items())]
             for key, by_ir in shares.items() for label, s in by_ir.items()]  # fmt: skip
     lines.append(format_table(["model", "IR", "u8/i8 ops", "share", "ops by runtime precision"], rows))
+    timed = [r for r in results if "latency_ms" in r]
+    if timed:
+        lines += ["", f"## Latency of one {LENGTH}-byte window, batch 1 (first seed's IRs; median of "
+                      f"{settings['rounds']} interleaved rounds)\n"]  # fmt: skip
+        rows = []
+        for r in timed:
+            for label in IRS:
+                cells = [f"{r['latency_ms'][f'{label} ({hint})']:.3f}" for hint in ("f32", "default")]
+                for hint in ("f32", "default"):
+                    m, lo, hi = r["ratios"][f"{label} ({hint})"]
+                    cells.append("" if label == "keras_compress INT8" else f"{m:.2f} ({lo:.2f}..{hi:.2f})")
+                rows.append([MODELS[r["model"]][0], label, *cells])
+        lines.append(format_table(["model", "IR", "ms (f32 hint)", "ms (default)", "keras_compress INT8 / this IR, "
+                                   "f32 hint: median (min..max of rounds)", "default hint"], rows))  # fmt: skip
     return "\n".join(lines)
 
 
 SETTINGS = {"fp32_steps": 400, "fp32_lr": 1e-2, "qat_steps": 100, "qat_lr": 1e-4, "batch_size": 32,
-            "calibration": 64, "test_windows": 64}  # fmt: skip
-QUICK = {"fp32_steps": 30, "qat_steps": 10, "calibration": 16, "test_windows": 16}
+            "calibration": 64, "test_windows": 64, "rounds": 9, "iterations": 30}  # fmt: skip
+QUICK = {"fp32_steps": 30, "qat_steps": 10, "calibration": 16, "test_windows": 16, "rounds": 3, "iterations": 10}
 
 
 def run(quick=False, seeds=3, models=tuple(MODELS), workdir=None, json_path=None):
