@@ -12,6 +12,12 @@ the next; `--sections` reruns those and keeps the page's other sections as they 
                 MobileNetV2, EfficientNetB0, and digits accuracy (benchmarks/int8_speed.py)
   transformers  BERT- and ViT-style models: int8 share, latency vs NNCF PTQ (TRANSFORMER preset),
                 a digits ViT's QAT accuracy (benchmarks/transformers.py)
+  text          the keras.io text-classification Transformer on standard-library lines: FP32, NNCF PTQ
+                and keras_compress QAT INT8 IR accuracy (3 seeds), int8 share, latency vs NNCF
+                (benchmarks/text_classification.py)
+  lm            tiny KerasHub GPT-2 and Gemma causal LMs on standard-library bytes: held-out perplexity of
+                FP32, NNCF PTQ and keras_compress QAT INT8 IRs (3 seeds), IR-vs-Keras agreement
+                (benchmarks/lm_perplexity.py)
   coverage      the smallest model of every keras.applications family (benchmarks/coverage.py)
   pruning       filter-pruning speedups (benchmarks/pruning_speed.py)
   sparsity      sparsity levels reached by magnitude, RB and movement sparsity on digits
@@ -19,7 +25,7 @@ the next; `--sections` reruns those and keeps the page's other sections as they 
   subclassed    a subclassed model vs the same Functional model (benchmarks/subclassed.py)
   backends      TensorFlow, JAX and PyTorch: train step FP32/QAT, compress and export time, INT8 IR
                 accuracy, DataParallel on two JAX host devices (benchmarks/backends.py)
-Needs the `bench` and `demo` extras.
+Needs the `bench` and `demo` extras (and keras-hub for `lm`).
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from report import ROOT, git_commit, machine_markdown, md_table  # noqa: E402
 
-SECTIONS = ("tfmot", "qat", "int8", "transformers", "coverage", "pruning", "sparsity", "memory", "subclassed", "backends")
+SECTIONS = ("tfmot", "qat", "int8", "transformers", "text", "lm", "coverage", "pruning", "sparsity", "memory",
+            "subclassed", "backends")  # fmt: skip
 APPLICATIONS = ("ResNet50", "MobileNetV2", "EfficientNetB0")
 
 
@@ -267,6 +274,8 @@ TITLES = {
     "qat": "QAT training-step cost: keras_compress and tfmot",
     "int8": "INT8 vs FP32 vs NNCF post-training quantization in OpenVINO",
     "transformers": "Transformers: INT8 share, latency and accuracy vs NNCF post-training quantization",
+    "text": "Text classification (keras.io Transformer): INT8 accuracy, int8 share and latency",
+    "lm": "Causal LMs (KerasHub GPT-2 and Gemma): INT8 perplexity and IR agreement",
     "coverage": "Coverage: every keras.applications family",
     "pruning": "Filter pruning speedups",
     "sparsity": "Sparsity levels reached",
@@ -276,7 +285,7 @@ TITLES = {
 }
 #: Sections that are the output of a benchmark script: section -> script name.
 SCRIPTS = {"qat": "qat_overhead", "pruning": "pruning_speed", "transformers": "transformers", "coverage": "coverage",
-           "subclassed": "subclassed", "backends": "backends"}
+           "subclassed": "subclassed", "backends": "backends", "text": "text_classification", "lm": "lm_perplexity"}
 FUNCTIONS = {
     "tfmot": section_tfmot,
     "int8": section_int8,

@@ -17,6 +17,7 @@ __all__ = [
     "COMPRESSIBLE_LAYERS",
     "UNCOMPRESSED_BY_DESIGN",
     "compressible_spec",
+    "contracted_first",
     "call_with_weights",
     "register_compressible",
     "weight_channel_axes",
@@ -98,8 +99,44 @@ def _dense(layer, inputs, w):
     return _activate(layer, outputs)
 
 
+def contracted_first(equation):
+    """The same einsum with the kernel's contracted axes first, and the kernel transposition it needs.
+
+    OpenVINO's CPU plugin turns an Einsum into a FullyConnected by transposing and reshaping the
+    kernel to `(contracted, output units)`; when that takes a transposition of an int8 kernel whose
+    dequantization scale varies along the output units (one range per unit), it runs the projection
+    in f32 (OpenVINO 2026.4: Gemma's query/key/value projections, `"btd,ndh->btnh"`, ran f32 with
+    per-unit scales and i8 only with one scale per tensor). Transposing the dequantized kernel in the
+    graph (`"btd,dnh->btnh"` on `transpose(kernel, (1, 0, 2))`) runs them in i8: the same
+    computation, the same weights.
+
+    Args:
+        equation: an EinsumDense equation `"<input>,<kernel>-><output>"`.
+
+    Returns:
+        `(equation, perm)`: `perm` is None when the kernel's contracted axes already come first
+        (or the kernel term has an ellipsis), and `equation` then is the one given.
+
+    Example:
+        >>> contracted_first("btd,ndh->btnh")
+        ('btd,dnh->btnh', (1, 0, 2))
+        >>> contracted_first("abc,cde->abde")
+        ('abc,cde->abde', None)
+    """
+    inputs, output = equation.replace(" ", "").split("->")
+    source, kernel = inputs.split(",")
+    if "." in kernel:
+        return equation, None
+    order = sorted(range(len(kernel)), key=lambda i: kernel[i] in output)  # stable: contracted first
+    if order == list(range(len(kernel))):
+        return equation, None
+    return f"{source},{''.join(kernel[i] for i in order)}->{output}", tuple(order)
+
+
 def _einsum_dense(layer, inputs, w):
-    outputs = ops.einsum(layer.equation, inputs, w["kernel"])
+    equation, perm = contracted_first(layer.equation)
+    kernel = w["kernel"] if perm is None else ops.transpose(w["kernel"], perm)
+    outputs = ops.einsum(equation, inputs, kernel)
     if w.get("bias") is not None:
         outputs = ops.add(outputs, w["bias"])
     return _activate(layer, outputs)

@@ -137,6 +137,33 @@ def test_a_compressed_bert_classifier_predicts_and_strips_to_its_class():
     assert isinstance(ctrl.strip(), keras_hub.models.BertTextClassifier)
 
 
+@pytest.mark.openvino
+def test_gemma_query_key_value_projections_run_in_int8(tmp_path):
+    # Gemma's projections are EinsumDense "btd,ndh->btnh": the contracted axis is the kernel's second.
+    # OpenVINO ran them in f32 while the kernel kept that layout (one scale per output unit); they are
+    # computed on the transposed kernel, "btd,dnh->btnh" (`compressible.contracted_first`).
+    from keras_compress.benchmark import compile_ir, compute_op_precisions
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.GemmaBackbone(vocabulary_size=64, num_layers=1, num_query_heads=4, num_key_value_heads=1,
+                                              hidden_dim=32, intermediate_dim=64, head_dim=8)  # fmt: skip
+    model = keras_hub.models.GemmaCausalLM(backbone=backbone, preprocessor=None)
+    x = token_batch()
+    compressed, _ = kc.compress(model, "int8", dataset=x, verbose=0)
+    assert isinstance(compressed, keras_hub.models.GemmaCausalLM)
+    # query, key, value, output; gate, gate 2 and output feed-forward; the tied LM head
+    assert len(quantized_layers(compressed)) == 8
+    expected = compressed.predict(x, verbose=0)
+    reference = model.predict(x, verbose=0)
+    assert np.linalg.norm(expected - reference) < 0.1 * np.linalg.norm(reference)
+    xml = kc.export(compressed, tmp_path / "gemma")
+    compiled = compile_ir(xml, "f32")
+    counts = compute_op_precisions(compiled, xml)
+    # 7 projections + the LM head (FullyConnected) and the two attention matmuls
+    assert sum(counts.values()) == 10 and all(precision in INT8 for _, precision in counts), counts
+    got = compiled(x)[0]
+    assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()
+
 
 @keras.saving.register_keras_serializable(package="tests")
 class EinsumAttention(L.Layer):
@@ -257,9 +284,6 @@ def test_the_blocks_a_layer_holds_in_an_attribute_named_layers_are_compressed():
 
 
 # ---------------------------------------------------------------------------- KerasHub models
-keras_hub = pytest.importorskip("keras_hub")
-
-
 def tiny_resnet():
     return keras_hub.models.ResNetBackbone(
         input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 64],

@@ -513,6 +513,28 @@ def test_range_init_uses_the_configured_number_of_samples():
     np.testing.assert_allclose(scale, max(-first.min(), first.max(axis=1).mean()), rtol=1e-5)
 
 
+def test_fake_quantize_passes_the_mask_of_its_input_through():
+    # An element-wise layer: the mask of `Embedding(mask_zero=True)` (or of KerasHub's masked softmax)
+    # reaches the layers after the quantizer, and Keras does not warn that it is destroyed.
+    fq = kc.FakeQuantize(bits=8, signed=True)
+    x, mask = keras.ops.ones((2, 3, 4)), keras.ops.convert_to_tensor([[True, True, False], [True, False, False]])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(fq.compute_mask(x, mask)), keras.ops.convert_to_numpy(mask))
+    embedding, quantizer, lstm = L.Embedding(20, 4, mask_zero=True), kc.FakeQuantize(bits=8, signed=True), L.LSTM(3)
+
+    def model(length):
+        inputs = keras.Input((length,), dtype="int32")
+        return keras.Model(inputs, lstm(quantizer(embedding(inputs))))
+
+    ids = np.array([[3, 4, 5, 0, 0, 0], [3, 4, 5, 6, 7, 0]], "int32")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        padded = model(6)(ids)
+    assert not [w for w in caught if "destroy the mask" in str(w.message)]
+    # The LSTM skips the padding: the padded line gives what the line without its padding gives.
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(padded[:1]),
+                               keras.ops.convert_to_numpy(model(3)(ids[:1, :3])), atol=1e-6)  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------------
 # Serialization
 

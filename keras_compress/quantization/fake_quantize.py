@@ -39,6 +39,9 @@ class FakeQuantize(CompressionLayer, keras.layers.Layer):
 
     def __init__(self, mode="symmetric", bits=8, signed=None, narrow_range=False, frozen_range=None, **kwargs):
         super().__init__(**kwargs)
+        # Element-wise: a mask on the input (`Embedding(mask_zero=True)`, the masked softmax of
+        # KerasHub's attention) is the output's mask, as for Keras' own activation layers.
+        self.supports_masking = True
         self.frozen_range = frozen_range
         self.quantizer = Quantizer(
             QuantizerSpec(mode=mode, bits=bits, signed=signed, narrow_range=narrow_range)
