@@ -81,6 +81,12 @@ class CompressionScheduleCallback(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self._last_batch = batch  # the epoch's last step so far (with `steps_per_execution`, the batch's last)
+        steps = self.params.get("steps") if self.params else None
+        if steps is not None and batch + 1 >= steps and not backend.fit_detaches_variables():
+            # The epoch's last step: caught up now, so that every callback's `on_epoch_end` (a user's
+            # checkpoint, the accuracy-aware snapshot) sees the same counter, whatever their order.
+            # Not on JAX: there `fit` writes its own state back after this step, over what this assigns.
+            self._catch_up()
 
     def _catch_up(self):
         """In deferred mode, moves the controller's step counter past the steps of this epoch."""

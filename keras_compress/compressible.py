@@ -287,8 +287,10 @@ def _register_library_layers():
     for path, (weights, call, kind) in list(_LIBRARY_LAYERS.items()):
         module, name = path.rsplit(".", 1)
         if module.split(".")[0] in sys.modules:
-            library = __import__(module, fromlist=[name])
-            register_compressible(getattr(library, name), weights, call, kind)
+            layer_class = getattr(__import__(module, fromlist=[name]), name)
+            # Not when it is a subclass of a registered class that keeps its `call` (already covered).
+            if not any(issubclass(layer_class, known) and layer_class.call is known.call for known in COMPRESSIBLE_LAYERS):
+                register_compressible(layer_class, weights, call, kind)
             del _LIBRARY_LAYERS[path]
 
 

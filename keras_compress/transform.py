@@ -226,12 +226,15 @@ class Transformer:
 
     # ------------------------------------------------------------------ containers
     def _container(self, obj, path):
-        if self.replaying is not None and not obj.built and not self._is_frozen(path):
+        config = None
+        if self.replaying is not None and not self._is_frozen(path):
             config = self.replaying.get("builds", {}).get(path)
-            if config:  # a layer that makes its sublayers in build(): they must exist to be replaced
+            if config and not obj.built:  # a layer that makes its sublayers in build(): they must exist to be replaced
                 obj.build_from_config(config)
-        elif obj.built and type(obj).build is not keras.layers.Layer.build and not isinstance(obj, keras.Model):
-            self.record["builds"][path] = obj.get_build_config()
+        if not config and obj.built and type(obj).build is not keras.layers.Layer.build and not isinstance(obj, keras.Model):
+            config = obj.get_build_config()
+        if config:  # kept in the record of a replayed model too, so that it saves and loads again
+            self.record["builds"][path] = config
         recorded = self.recorded.get(id(obj))
         planned, operations = self._input_layers(recorded, path) if recorded is not None else ({}, {})
         if self.replaying is not None and not self._is_frozen(path):

@@ -154,6 +154,13 @@ def test_quantized_attention_trains_saves_loads_in_a_new_process_and_strips(tmp_
     np.save(tmp_path / "x.npy", x[:4])
     result = run_program("load_and_predict.py", path, tmp_path / "x.npy")
     assert float(result.stdout.split()[-1]) == pytest.approx(float(np.abs(expected).sum()), rel=1e-5)
+    # Loaded, saved again and loaded: the record of the loaded model still says how the attention layer,
+    # which makes its projections in build(), was built (without it the second load found plain ones).
+    loaded = keras.saving.load_model(path)
+    loaded.save(tmp_path / "again.keras")
+    again = keras.saving.load_model(tmp_path / "again.keras")
+    assert isinstance(again.get_layer("attention")._query_dense, kc.InputsWrapper)
+    np.testing.assert_allclose(again.predict(x[:4], verbose=0), expected, atol=1e-5)
 
     stripped = ctrl.strip()
     np.testing.assert_allclose(stripped.predict(x[:4], verbose=0), expected, atol=1e-5)
@@ -184,8 +191,9 @@ def test_sparsity_reaches_the_attention_projections_and_pruning_lists_them():
     stripped = ctrl.strip()
     kernels = [keras.ops.convert_to_numpy(getattr(stripped.get_layer("attention"), f"{name}_dense").kernel)
                for name in ("query", "key", "value", "output")]  # fmt: skip
-    # One threshold over all the weights (global mode): the projections hold their share of the zeros.
-    assert sum(int(np.sum(k == 0)) for k in kernels) / sum(k.size for k in kernels) >= 0.45
+    # One threshold over all the weights (global mode): the projections hold about their share of the
+    # zeros (0.44-0.46 with the other layers' scales; none if attention were left dense).
+    assert sum(int(np.sum(k == 0)) for k in kernels) / sum(k.size for k in kernels) >= 0.4
     assert all(np.mean(k == 0) > 0.3 for k in kernels)
     _, ctrl = kc.compress(model, {"compression": {"algorithm": "filter_pruning"}}, dataset=x)
     skipped = ctrl.statistics().skipped()

@@ -489,7 +489,8 @@ def test_custom_layers_are_left_as_they_are_and_listed():
     np.testing.assert_array_equal(np.asarray(compressed.get_layer("scale").scale), [0.5, -1.0, 2.0, 3.0])
     assert ctrl.statistics().skipped() == {
         "doubled": "quantization: subclass of Conv2D that overrides call()",
-        "scale": "quantization: layer type ChannelScale is not supported",
+        "scale": "quantization: layer type ChannelScale computes with weights of its own: it runs in float "
+        "(opt it in with `compressible_weights()` and `call_with_weights()`, see docs/custom_layers.md)",
     }
     assert isinstance(compressed.get_layer("fc"), kc.QuantizeWrapper)
     assert_unchanged(model, before)

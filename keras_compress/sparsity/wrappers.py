@@ -92,9 +92,10 @@ class RBSparsityWrapper(MaskedWeightsWrapper):
 
     In training the mask is a stochastic binarization of `sigmoid(logit_scale * logit)` (kept
     with probability p, straight-through gradient); in inference it is `p > 0.5`. The wrapper
-    adds the sparsity loss `loss_factor * share * (mean(p) - (1 - target))**2` to the model's
-    losses, so a plain `model.fit` drives the density towards `1 - target`; `share` is this
-    layer's share of all sparsified weights and `target` is set by the schedule.
+    adds the sparsity loss `loss_factor * share * (density - (1 - target))**2` to the model's
+    losses (the density of `p > 0.5`, with the gradient of `mean(p)`), so a plain `model.fit`
+    drives the density towards `1 - target`; `share` is this layer's share of all sparsified
+    weights and `target` is set by the schedule.
 
     Args:
         layer: the layer to wrap.
@@ -139,7 +140,14 @@ class RBSparsityWrapper(MaskedWeightsWrapper):
         return _straight_through(ops.cast(p > noise, "float32"), p)
 
     def training_loss(self):
-        density = ops.mean(ops.stack([ops.mean(self.probability(a)) for a in self.weight_names]))
+        # The density that inference has (`p > 0.5`), with the gradient of the mean probability: a
+        # loss on the mean probability alone settles where it is `1 - target` while the share of
+        # masks below one half (what is exported, and reported) is off by a few points.
+        densities = []
+        for attr in self.weight_names:
+            p = self.probability(attr)
+            densities.append(_straight_through(ops.mean(ops.cast(p > 0.5, "float32")), ops.mean(p)))
+        density = ops.mean(ops.stack(densities))
         return self.loss_factor * self.share * ops.square(density - (1.0 - self.target))
 
     def get_config(self):
