@@ -119,6 +119,9 @@ class CompressionAlgorithm:
     def on_epoch_begin(self, model, epoch):
         """At the start of every epoch (0-based)."""
 
+    def on_train_end(self, model):
+        """When `fit` ends (after its last optimizer step)."""
+
     def on_train_batch_begin(self, model, step):
         """Before every optimizer step, with the global step."""
 

@@ -297,6 +297,8 @@ class CompressionController:
         """
         for wrapper in self._wrappers:
             wrapper.driven = False
+        for algorithm in self.algorithms:
+            algorithm.on_train_end(self.model)
         steps = max(self._counter("compression_step"), int(step or 0))
         self._set_counter("compression_step", steps, everywhere=True)  # every wrapper holds the progress
         self._set_counter("compression_epoch", self._counter("compression_epoch"), everywhere=True)

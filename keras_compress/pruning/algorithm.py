@@ -84,15 +84,17 @@ class FilterPruningAlgorithm(CompressionAlgorithm):
     def wrap(self, original, layer, path):
         """Wraps Conv/Dense layers (the fresh copy `layer` of `original`) in a `FilterPruningWrapper`."""
         spec = compressible_spec(original)
-        if spec is None or spec.kind not in MASKED_KINDS or unsupported_reason(original) is not None:
+        if spec is None or unsupported_reason(original) is not None:
             return layer
         if id(original) in self.in_containers:
             self.container_skipped[f"{path}{original.name}"] = (
                 f"inside composite layer {self.in_containers[id(original)]!r}: the operations of its call() that "
                 "join channels (residual adds, reshapes) are not visible, so no filter group can be formed"
-                if spec.kind == "conv"
+                if spec.kind in MASKED_KINDS
                 else f"{spec.kind} layers are not pruned (only convolution filters are)"
             )
+            return layer
+        if spec.kind not in MASKED_KINDS:
             return layer
         return FilterPruningWrapper(layer)
 

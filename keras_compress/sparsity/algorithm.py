@@ -336,6 +336,13 @@ class MovementSparsityAlgorithm(_SparsityAlgorithm):
         elif self.level:
             self._mask_share(self.wrappers(model), self.level)
 
+    def on_train_end(self, model):
+        # The last optimizer step moved the scores after the masks were set for it: with a level to
+        # hold (`sparsity_target`, or one set by accuracy-aware training) they are set once more, so
+        # the trained model, its statistics and its export have that level, not a step-old one.
+        if self.level and (not self.scheduled or self.config.params.sparsity_target is not None):
+            self._mask_share(self.wrappers(model), self.level)
+
     def restore(self, model, epoch):
         """Takes the warm-up's initial threshold from the model once warm-up has started."""
         self.epoch = float(epoch)
