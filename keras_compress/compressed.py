@@ -8,9 +8,10 @@ rebuilds the user's object from its config and applies the record with the trans
 
 A record: `{"layers": {path: chain}, "graphs": {graph path: insertions}, "operations": {container
 path: {slot: layer config}}, "builds": {container path: build config}}` (and a subclassed model's
-`input_signature`), paths relative to the object that holds it; a chain (`describe_chain`) is the
-keras_compress wrappers around the user's layer; a container that makes its sublayers in `build()`
-(MultiHeadAttention) is built from its build config before the record is applied to it.
+`input_signature`, a graph-model subclass's `sample_signature`), paths relative to the object that
+holds it; a chain (`describe_chain`) is the keras_compress wrappers around the user's layer; a
+container that makes its sublayers in `build()` (MultiHeadAttention) is built from its build config
+before the record is applied to it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
     "saved_record",
     "set_sublayer",
     "signature_of",
+    "signature_ones",
     "signature_zeros",
     "subtree",
 ]
@@ -251,6 +253,19 @@ def signature_zeros(signature, batch_size=1):
     if isinstance(signature, dict):
         return {name: zeros(spec) for name, spec in signature.items()}
     return zeros(signature[0]) if len(signature) == 1 else [zeros(spec) for spec in signature]
+
+
+def signature_ones(signature, batch_size=1):
+    """An input batch for a signature config: ones for integer and boolean inputs (valid token ids and
+    masks), zeros for the others (`keras_compress.recording.sample_inputs` for a signature)."""
+
+    def make(spec):
+        fill = keras.ops.ones if ("int" in spec["dtype"] or "bool" in spec["dtype"]) else keras.ops.zeros
+        return fill([batch_size] + [d or 1 for d in spec["shape"][1:]], dtype=spec["dtype"])
+
+    if isinstance(signature, dict):
+        return {name: make(spec) for name, spec in signature.items()}
+    return make(signature[0]) if len(signature) == 1 else [make(spec) for spec in signature]
 
 
 def signature_of(batch):

@@ -47,6 +47,7 @@ from keras_compress.compressed import (
     remember_base_config,
     set_sublayer,
     signature_of,
+    signature_ones,
     signature_zeros,
     subtree,
 )
@@ -152,19 +153,23 @@ class Transformer:
         record: a record to apply instead of decisions (`replay`).
         input_shape: the input shape of an unbuilt Sequential model at the top.
         signature: the input signature config of a subclassed model at the top (`signature_of`).
+        sample_signature: the signature of the batch a graph-model subclass at the top was compressed
+            with (`signature_of`): what it is run on when loaded (`replay`).
 
     Attributes:
         record: what the copy holds that the original did not: `{"layers": {path: describe_chain},
             "graphs": {graph path: insertions}}` (compressed objects keep the part under them).
     """
 
-    def __init__(self, wrap=None, planners=(), recorded=None, record=None, input_shape=None, signature=None):
+    def __init__(self, wrap=None, planners=(), recorded=None, record=None, input_shape=None, signature=None,
+                 sample_signature=None):
         self.wrap = wrap
         self.planners = list(planners)
         self.recorded = recorded or {}
         self.replaying = record
         self.input_shape = input_shape
         self.signature = signature if signature is not None else (record or {}).get("input_signature")
+        self.sample_signature = sample_signature if sample_signature is not None else (record or {}).get("sample_signature")
         self.copies = {}  # id(original) -> its copy (a layer used in two graphs is copied once)
         self.keep = []  # the originals, alive while `copies` holds their ids
         self.frozen = []  # paths of objects that were compressed already (replay leaves them as they are)
@@ -305,8 +310,16 @@ class Transformer:
         return inserted, operations
 
     def _model_shell(self, model, replacements, path):
-        """A subclassed model's copy: made from its config, its sublayers replaced, then built."""
-        shell = make_from_config(compressed_class(type(model)), model)
+        """A subclassed model's copy: made from its config, its sublayers replaced, then built. One held
+        by another model whose config does not make it again (KerasHub's Flux `MLPEmbedder`, whose
+        `get_config` raises) is copied from its state, as a composite layer is: the model that holds
+        it makes it again when loaded."""
+        try:
+            shell = make_from_config(compressed_class(type(model)), model)
+        except ValueError:
+            if not path or not model.built:
+                raise
+            return copy_layer(model, replacements, cls=compressed_class(type(model)))
         for name, child in child_layers(model):
             set_sublayer(shell, name, replacements[child])
         signature = self.signature if not path else None
@@ -483,7 +496,10 @@ class Transformer:
             if name in own or name in _BASE_ATTRIBUTES or name.startswith(TRACKING_ATTRIBUTES) or name == RECORD:
                 continue
             setattr(model, name, self._map_attribute(value, _join(path, name), tensors))
-        object.__setattr__(model, RECORD, subtree(self.record, path))
+        record = subtree(self.record, path)
+        if not path and self.sample_signature is not None:
+            record = {**record, "sample_signature": self.sample_signature}
+        object.__setattr__(model, RECORD, record)
         remember_base_config(model, original)
         return model
 
@@ -524,10 +540,14 @@ class Transformer:
 def replay(base, record):
     """Applies a record (`Transformer.record`) to a freshly made user object: how a compressed layer
     or model is loaded. A graph model is then run once, which builds the layers its graph does not
-    build (a container's sublayers when it has a shape rule of its own), before Keras loads weights."""
+    build (a container's sublayers when it has a shape rule of its own), before Keras loads weights:
+    on a batch of the shapes it was compressed with when the record has them (`sample_signature`: a
+    model whose inputs have free sizes may take only some, a position embedding's length, a feature
+    map's size), else on `sample_inputs`."""
     model = Transformer(record=record).transform(base)
     if is_graph_model(model):
-        model(sample_inputs(model), training=False)
+        signature = record.get("sample_signature")
+        model(sample_inputs(model) if signature is None else signature_ones(signature), training=False)
     return model
 
 
@@ -573,7 +593,10 @@ def transform_model(model, wrap=None, planners=(), sample=None, input_shape=None
         if sample is None:
             sample = sample_inputs(model) if signature is None else signature_zeros(signature)
         recorded = record_containers(model, sample)
-    transformer = Transformer(wrap, planners, recorded, input_shape=input_shape, signature=signature)
+    # The shapes a graph-model subclass was compressed on: what it runs on when loaded (`replay`).
+    sample_signature = signature_of(sample) if signature is None and sample is not None else None
+    transformer = Transformer(wrap, planners, recorded, input_shape=input_shape, signature=signature,
+                              sample_signature=sample_signature)  # fmt: skip
     return transformer.transform(model)
 
 
