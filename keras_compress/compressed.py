@@ -7,11 +7,11 @@ rebuilds the user's object from its config and applies the record with the trans
 (`keras_compress.transform.replay`, which sets `CompressedLayer.replay`).
 
 A record: `{"layers": {path: chain}, "graphs": {graph path: insertions}, "operations": {container
-path: {slot: layer config}}, "builds": {container path: build config}}` (and a subclassed model's
-`input_signature`, a graph-model subclass's `sample_signature`), paths relative to the object that
-holds it; a chain (`describe_chain`) is the keras_compress wrappers around the user's layer; a
-container that makes its sublayers in `build()` (MultiHeadAttention) is built from its build config
-before the record is applied to it.
+path: {slot: layer config}}, "builds": {container path: build config}, "names": {graph path: its
+layer names in order}}` (and a subclassed model's `input_signature`, a graph-model subclass's
+`sample_signature`), paths relative to the object that holds it; a chain (`describe_chain`) is the
+keras_compress wrappers around the user's layer; a container that makes its sublayers in `build()`
+(MultiHeadAttention) is built from its build config before the record is applied to it.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ OPERATIONS = "_compression_operations"
 BASE_CONFIG = "_compression_base_config"
 
 #: The parts of a record keyed by path (of a layer, a graph, a container).
-PATH_KEYED = ("layers", "graphs", "operations", "builds")
+PATH_KEYED = ("layers", "graphs", "operations", "builds", "names")
 
 
 def subtree(record, path):

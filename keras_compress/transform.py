@@ -68,7 +68,7 @@ from keras_compress.graph import (
     trace_graph,
 )
 from keras_compress.inputs_wrapper import InputsWrapper
-from keras_compress.insertion import Inserter, ReplayedPlan, SequentialPlan
+from keras_compress.insertion import Inserter, ReplayedPlan, SequentialPlan, call_keys
 from keras_compress.recording import containers_of, record_containers, sample_inputs
 
 __all__ = ["Transformer", "replay", "transform_model"]
@@ -255,7 +255,8 @@ class Transformer:
                 self._note(child_path, new)
             replacements[child] = new
         changed = bool(operations) or any(
-            k == path or k.startswith(f"{path}/") or not path for part in PATH_KEYED for k in self.record[part]
+            k == path or k.startswith(f"{path}/") or not path
+            for part in PATH_KEYED if part != "names" for k in self.record[part]  # names: what graphs hold
         )
         if isinstance(obj, keras.Model):
             shell = self._model_shell(obj, replacements, path)
@@ -339,12 +340,25 @@ class Transformer:
         return shell
 
     # ------------------------------------------------------------------ graph models
-    def _planner_states(self, graph, path):
+    def _recorded_names(self, functional, path):
+        """`{layer name now: its name when compressed}` for the layers of a graph being replayed whose
+        names changed (a KerasHub backbone made without a name names its blocks `embedder`; made again
+        from its config, with its name, `hg_net_v2_backbone_embedder`): the record's paths use the old
+        names. Matched by position in the graph's layer list; empty when nothing changed."""
+        if self.replaying is None or self._is_frozen(path):
+            return {}
+        recorded = self.replaying.get("names", {}).get(path)
+        names = [layer.name for layer in functional.layers]
+        if not recorded or len(recorded) != len(names) or recorded == names:
+            return {}
+        return {now: then for now, then in zip(names, recorded) if now != then}
+
+    def _planner_states(self, graph, path, renamed=None):
         if self.replaying is not None:
             record = self.replaying["graphs"].get(path)
             if record is None or self._is_frozen(path):
                 return []
-            replayed = [ReplayedPlan(record, graph, slot) for slot in range(ReplayedPlan.slots(record))]
+            replayed = [ReplayedPlan(record, graph, slot, renamed) for slot in range(ReplayedPlan.slots(record))]
             return [Inserter(planner, planner) for planner in replayed]
         prefix = f"{path}/" if path else ""
         return [Inserter(planner, planner.plan(graph, prefix), self._unique) for planner in self.planners]
@@ -353,9 +367,11 @@ class Transformer:
         functional = as_functional(model, self.input_shape if not path else None)
         graph = trace_graph(functional)
         graph.inner, graph.owner = bool(path), model
-        inserters = self._planner_states(graph, path)
+        renamed = self._recorded_names(functional, path)
+        self.record["names"][path] = [renamed.get(layer.name, layer.name) for layer in functional.layers]
+        inserters = self._planner_states(graph, path, renamed)
         in_wrappers = self._move_to_wrappers(model, graph, inserters)
-        numbers, counts = [], {}
+        numbers, counts, keys = [], {}, call_keys(graph)
         for call in graph.calls:
             numbers.append(counts.get(id(call.layer), 0))
             counts[id(call.layer)] = numbers[-1] + 1
@@ -384,7 +400,7 @@ class Transformer:
                 def quantize(tensor, position=position):
                     tensor, names = insert(tensor, lambda inserter: inserter.edge((call.index, position)))
                     if names:
-                        edges.append([call.name, numbers[call.index], position, names])
+                        edges.append([keys[call.index], numbers[call.index], position, names])
                     return tensor
 
                 replace[position] = quantize
@@ -394,7 +410,7 @@ class Transformer:
         new = keras.models.clone_model(
             functional,
             input_tensors=new_inputs(functional),
-            clone_function=lambda layer: self.transform(layer, _join(path, layer.name)),
+            clone_function=lambda layer: self.transform(layer, _join(path, renamed.get(layer.name, layer.name))),
             call_function=call_function,
         )
         if any(inserter.plan is not None and inserter.plan.outputs for inserter in inserters):
@@ -497,8 +513,10 @@ class Transformer:
                 continue
             setattr(model, name, self._map_attribute(value, _join(path, name), tensors))
         record = subtree(self.record, path)
-        if not path and self.sample_signature is not None:
-            record = {**record, "sample_signature": self.sample_signature}
+        # Kept by the copies of a compressed model too (its stripped version exports at those shapes).
+        sample_signature = self.sample_signature or getattr(original, RECORD, {}).get("sample_signature")
+        if not path and sample_signature is not None:
+            record = {**record, "sample_signature": sample_signature}
         object.__setattr__(model, RECORD, record)
         remember_base_config(model, original)
         return model
