@@ -318,7 +318,7 @@ class Transformer:
         try:
             shell = make_from_config(compressed_class(type(model)), model)
         except ValueError:
-            if not path or not model.built:
+            if not path:
                 raise
             return copy_layer(model, replacements, cls=compressed_class(type(model)))
         for name, child in child_layers(model):
