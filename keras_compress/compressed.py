@@ -257,11 +257,12 @@ def signature_zeros(signature, batch_size=1):
 
 def signature_ones(signature, batch_size=1):
     """An input batch for a signature config: ones for integer and boolean inputs (valid token ids and
-    masks), zeros for the others (`keras_compress.recording.sample_inputs` for a signature)."""
+    masks), zeros for the others (`keras_compress.recording.sample_inputs` for a signature); of the
+    batch size a spec holds (`"batch"`), else `batch_size`."""
 
     def make(spec):
         fill = keras.ops.ones if ("int" in spec["dtype"] or "bool" in spec["dtype"]) else keras.ops.zeros
-        return fill([batch_size] + [d or 1 for d in spec["shape"][1:]], dtype=spec["dtype"])
+        return fill([spec.get("batch", batch_size)] + [d or 1 for d in spec["shape"][1:]], dtype=spec["dtype"])
 
     if isinstance(signature, dict):
         return {name: make(spec) for name, spec in signature.items()}

@@ -612,10 +612,21 @@ def transform_model(model, wrap=None, planners=(), sample=None, input_shape=None
             sample = sample_inputs(model) if signature is None else signature_zeros(signature)
         recorded = record_containers(model, sample)
     # The shapes a graph-model subclass was compressed on: what it runs on when loaded (`replay`).
-    sample_signature = signature_of(sample) if signature is None and sample is not None else None
+    sample_signature = None
+    if signature is None and sample is not None:  # with its batch size (TensorFlow's oneDNN MaxPool
+        # failed on BASNet's 1x1 feature maps at batch 1 and not at the calibration batch's 2)
+        size = int(keras.tree.flatten(sample)[0].shape[0])
+        sample_signature = _with_batch(signature_of(sample), size)
     transformer = Transformer(wrap, planners, recorded, input_shape=input_shape, signature=signature,
                               sample_signature=sample_signature)  # fmt: skip
     return transformer.transform(model)
+
+
+def _with_batch(signature, size):
+    """A signature config (`signature_of`) whose specs also hold the batch size they were taken at."""
+    if isinstance(signature, dict):
+        return {name: {**spec, "batch": size} for name, spec in signature.items()}
+    return [{**spec, "batch": size} for spec in signature]
 
 
 def _warn_unregistered(model):
