@@ -7,8 +7,9 @@ rebuilds the user's object from its config and applies the record with the trans
 (`keras_compress.transform.replay`, which sets `CompressedLayer.replay`).
 
 A record: `{"layers": {path: chain}, "graphs": {graph path: insertions}, "operations": {container
-path: {slot: layer config}}, "builds": {container path: build config}}` (and a subclassed model's
-`input_signature`), paths relative to the object that holds it; a chain (`describe_chain`) is the
+path: {slot: layer config}}, "builds": {container path: build config}, "names": {graph path: its
+layer names in order}}` (and a subclassed model's `input_signature`, a graph-model subclass's
+`sample_signature`), paths relative to the object that holds it; a chain (`describe_chain`) is the
 keras_compress wrappers around the user's layer; a container that makes its sublayers in `build()`
 (MultiHeadAttention) is built from its build config before the record is applied to it.
 """
@@ -42,6 +43,7 @@ __all__ = [
     "saved_record",
     "set_sublayer",
     "signature_of",
+    "signature_ones",
     "signature_zeros",
     "subtree",
 ]
@@ -59,7 +61,7 @@ OPERATIONS = "_compression_operations"
 BASE_CONFIG = "_compression_base_config"
 
 #: The parts of a record keyed by path (of a layer, a graph, a container).
-PATH_KEYED = ("layers", "graphs", "operations", "builds")
+PATH_KEYED = ("layers", "graphs", "operations", "builds", "names")
 
 
 def subtree(record, path):
@@ -251,6 +253,20 @@ def signature_zeros(signature, batch_size=1):
     if isinstance(signature, dict):
         return {name: zeros(spec) for name, spec in signature.items()}
     return zeros(signature[0]) if len(signature) == 1 else [zeros(spec) for spec in signature]
+
+
+def signature_ones(signature, batch_size=1):
+    """An input batch for a signature config: ones for integer and boolean inputs (valid token ids and
+    masks), zeros for the others (`keras_compress.recording.sample_inputs` for a signature); of the
+    batch size a spec holds (`"batch"`), else `batch_size`."""
+
+    def make(spec):
+        fill = keras.ops.ones if ("int" in spec["dtype"] or "bool" in spec["dtype"]) else keras.ops.zeros
+        return fill([spec.get("batch", batch_size)] + [d or 1 for d in spec["shape"][1:]], dtype=spec["dtype"])
+
+    if isinstance(signature, dict):
+        return {name: make(spec) for name, spec in signature.items()}
+    return make(signature[0]) if len(signature) == 1 else [make(spec) for spec in signature]
 
 
 def signature_of(batch):

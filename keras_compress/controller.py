@@ -164,7 +164,8 @@ def compress(
     if subclassed:
         _check_graph_free(algorithms, model)
     sample = None
-    if dataset is not None and (subclassed or containers_of(original)):  # the input signature, a recording
+    # The input signature, a recording, the shapes a graph-model subclass is rebuilt on when loaded.
+    if dataset is not None and (subclassed or containers_of(original) or is_functional_subclass(original)):
         sample, dataset = peek_batch(dataset)
         if sample is not None:
             sample = keras.tree.map_structure(lambda x: x[:8], sample)

@@ -52,7 +52,8 @@ def copy_layer(layer, replacements=None, cls=None):
     """A copy of `layer` with new variables holding the same values, made without its config.
 
     Args:
-        layer: a Keras layer (built or not; not a `keras.Model`).
+        layer: a Keras layer (built or not), or a subclassed model held by another model (a model
+            whose config does not make it again: `keras_compress.transform`).
         replacements: `{sublayer: layer}`: objects to put in the copy in place of some of the layers
             it holds (already-made copies, compressed versions of them). A `keras.Model` held by
             `layer` must be among them (models are copied through their graph or config).
@@ -86,7 +87,7 @@ def copy_layer(layer, replacements=None, cls=None):
             memo[id(value)] = _copy_variable(value)
             keep.append(value)
         elif _is_keras_object(value):
-            if isinstance(value, keras.Model):
+            if isinstance(value, keras.Model) and value is not layer:
                 raise ValueError(
                     f"copy_layer copies the layers a layer holds, not models: model {value.name!r} held by "
                     f"{layer.name!r} must be given in `replacements`."

@@ -4,7 +4,23 @@ from __future__ import annotations
 
 import keras
 
-__all__ = ["Inserter", "ReplayedPlan", "SequentialPlan"]
+__all__ = ["Inserter", "ReplayedPlan", "SequentialPlan", "call_keys"]
+
+
+def call_keys(graph):
+    """How a record names each call of `graph`: a layer by its name; a `keras.ops` operation by its
+    class and how-manieth operation of that class it is in the graph (`GetItem#0`), not by its name,
+    which Keras numbers from a counter of the process (`get_item_3` when the same model is built again
+    in the process that compressed it)."""
+    keys, counts = [], {}
+    for call in graph.calls:
+        if isinstance(call.layer, keras.layers.Layer) or not isinstance(call.layer, keras.Operation):
+            keys.append(call.name)
+            continue
+        kind = type(call.layer).__name__
+        keys.append(f"{kind}#{counts.get(kind, 0)}")
+        counts[kind] = counts.get(kind, 0) + 1
+    return keys
 
 
 class Inserter:
@@ -35,13 +51,16 @@ class ReplayedPlan:
     """The layers a record inserts into one graph, slot by slot: slot k holds the k-th layer inserted
     on each edge (one inserted layer per edge and algorithm when it was recorded)."""
 
-    def __init__(self, record, graph, slot):
+    def __init__(self, record, graph, slot, renamed=None):
         calls = {}
         index_of = {}
-        for call in graph.calls:
+        renamed = renamed or {}
+        for call, key in zip(graph.calls, call_keys(graph)):
             number = calls.get(id(call.layer), 0)
             calls[id(call.layer)] = number + 1
-            index_of[(call.name, number)] = call.index
+            key = renamed.get(key, key)  # a layer's name when the record was made
+            index_of[(call.name, number)] = call.index  # records written before `call_keys`
+            index_of[(key, number)] = call.index
         self.edges = {
             (index_of[(name, number)], position): names[slot]
             for name, number, position, names in record.get("edges", [])

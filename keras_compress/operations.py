@@ -9,6 +9,9 @@ method): when recording, it becomes a node of the container's graph (role "matmu
 compressed, the container's layers for that node's inputs (activation quantizers) are applied to the
 operands. Calls from anywhere else, sublayers included, run unchanged.
 
+`keras.ops.dot_product_attention` called by a container is computed as its two einsums, both
+intercepted (`attention_by_einsums`).
+
 `keras.layers.MultiHeadAttention` computes its matmuls with Keras' own internal ops: it (and a subclass
 of it, KerasHub's `CachedMultiHeadAttention`) gets `attention_with_public_ops` as its
 `_compute_attention` (the method Keras documents for overriding), the same computation with the public
@@ -18,6 +21,7 @@ ops; its projections, softmax and dropout are sublayers, compressed as any compo
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 import string
@@ -30,14 +34,16 @@ __all__ = [
     "INTERCEPTED",
     "OperationNode",
     "applying",
+    "attention_by_einsums",
     "attention_equations",
     "attention_with_public_ops",
     "has_private_attention",
     "intercepting",
 ]
 
-#: The `keras.ops` functions whose calls between two activations a container's graph shows.
-INTERCEPTED = ("einsum", "matmul")
+#: The `keras.ops` functions whose calls between two activations a container's graph shows
+#: (`dot_product_attention` as its two einsums: `attention_by_einsums`).
+INTERCEPTED = ("einsum", "matmul", "dot_product_attention")
 
 _lock = threading.Lock()
 _active = [0]  # how many `intercepting` blocks are open (the replacements are installed while > 0)
@@ -69,6 +75,10 @@ def _replacement(name):
         caller = inspect.currentframe().f_back
         owner = caller.f_locals.get("self") if caller is not None else None
         handler = _handlers.get(id(owner)) if owner is not None else None
+        if name == "dot_product_attention":
+            if handler is None or kwargs.get("flash_attention") or kwargs.get("attn_logits_soft_cap") is not None:
+                return original(*args, **kwargs)
+            return attention_by_einsums(functools.partial(_handled_einsum, handler), *args, **kwargs)
         positions = _operands(name, args)
         if handler is None or len(args) <= positions[1] or not all(_is_activation(args[p]) for p in positions):
             return original(*args, **kwargs)
@@ -78,8 +88,60 @@ def _replacement(name):
     return call
 
 
+def _handled_einsum(handler, equation, a, b):
+    """`keras.ops.einsum(equation, a, b)` as an intercepted call of the container `handler` is for."""
+    args = (equation, a, b)
+    if not (_is_activation(a) and _is_activation(b)):
+        return _originals["einsum"](*args)
+    return handler("einsum", _originals["einsum"], args, {}, (1, 2))
+
+
+def attention_by_einsums(einsum, query, key, value, bias=None, mask=None, scale=None, is_causal=False, **unused):
+    """`keras.ops.dot_product_attention` computed with `einsum(equation, a, b)` for its two matmuls.
+
+    A container that calls `keras.ops.dot_product_attention` (KerasHub's ESM, and the attention of
+    several families when flash attention is on) hides both matmuls in one op; while its graph is
+    recorded and while its compressed copy runs, the call is computed as Keras' TensorFlow backend
+    computes it (grouped key/value heads repeated, the scores scaled by `scale` or `1 / sqrt(head
+    size)`, bias, boolean mask and causal mask, softmax in float32), its matmuls as two intercepted
+    einsums with the query first (MatMul -> Softmax -> MatMul, the pattern OpenVINO fuses), so both
+    get their operands quantized. Inputs `(batch, length, heads, head size)`.
+    """
+    query, key, value = (ops.convert_to_tensor(t) for t in (query, key, value))
+    dtype = keras.backend.result_type(query.dtype, key.dtype, value.dtype)
+    query, key, value = (ops.cast(t, dtype) for t in (query, key, value))
+    heads, kv_heads = query.shape[2], key.shape[2]
+    if heads is not None and kv_heads is not None and heads > kv_heads and heads % kv_heads == 0:
+        key = ops.repeat(key, heads // kv_heads, axis=2)
+        value = ops.repeat(value, heads // kv_heads, axis=2)
+    logits_dtype = keras.backend.result_type(dtype, "float32")
+    if scale is None:
+        scale = 1.0 / math.sqrt(float(key.shape[-1]))
+    logits = ops.cast(einsum("btnh,bsnh->bnts", query, key), logits_dtype)
+    logits = ops.multiply(logits, ops.cast(scale, logits_dtype))
+    if bias is not None:
+        logits = ops.add(logits, ops.cast(bias, logits_dtype))
+    if mask is not None or is_causal:
+        keep = ops.ones_like(logits, dtype="bool")
+        if mask is not None:
+            keep = ops.logical_and(keep, ops.cast(mask, "bool"))
+        if is_causal:
+            ones = ops.ones((ops.shape(logits)[2], ops.shape(logits)[3]), dtype="int32")
+            causal = ops.greater_equal(ops.cumsum(ones, axis=0), ops.cumsum(ones, axis=1))
+            keep = ops.logical_and(keep, causal[None, None])
+        large = (65500.0 if keras.backend.standardize_dtype(logits_dtype) == "float16" else 3.38953e38) * -0.7
+        logits = ops.where(keep, logits, ops.cast(large, logits_dtype))
+    probabilities = ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), key.dtype)
+    return einsum("bnts,bsnh->btnh", probabilities, value)
+
+
 def _is_activation(x):
     return keras.ops.is_tensor(x) and not isinstance(x, keras.Variable)
+
+
+def _modules():
+    """The public `keras.ops` modules an intercepted function is called through."""
+    return (keras.ops, keras.ops.numpy, keras.ops.nn)
 
 
 @contextlib.contextmanager
@@ -95,7 +157,10 @@ def intercepting(layer, handler):
         if _active[0] == 0:
             for name in INTERCEPTED:
                 _originals[name] = getattr(keras.ops, name)
-                setattr(keras.ops, name, _replacement(name))
+                replacement = _replacement(name)
+                for module in _modules():  # `ops.einsum`, `ops.numpy.einsum`, `ops.nn.dot_product_attention`
+                    if getattr(module, name, None) is _originals[name]:
+                        setattr(module, name, replacement)
         _active[0] += 1
         previous = _handlers.get(id(layer))
         _handlers[id(layer)] = handler
@@ -110,7 +175,10 @@ def intercepting(layer, handler):
             _active[0] -= 1
             if _active[0] == 0:
                 for name in INTERCEPTED:
-                    setattr(keras.ops, name, _originals.pop(name))
+                    original = _originals.pop(name)
+                    for module in _modules():
+                        if getattr(getattr(module, name, None), "__wrapped__", None) is original:
+                            setattr(module, name, original)
 
 
 def attention_equations(rank, attention_axes):

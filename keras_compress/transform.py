@@ -47,6 +47,7 @@ from keras_compress.compressed import (
     remember_base_config,
     set_sublayer,
     signature_of,
+    signature_ones,
     signature_zeros,
     subtree,
 )
@@ -67,7 +68,7 @@ from keras_compress.graph import (
     trace_graph,
 )
 from keras_compress.inputs_wrapper import InputsWrapper
-from keras_compress.insertion import Inserter, ReplayedPlan, SequentialPlan
+from keras_compress.insertion import Inserter, ReplayedPlan, SequentialPlan, call_keys
 from keras_compress.recording import containers_of, record_containers, sample_inputs
 
 __all__ = ["Transformer", "replay", "transform_model"]
@@ -152,19 +153,23 @@ class Transformer:
         record: a record to apply instead of decisions (`replay`).
         input_shape: the input shape of an unbuilt Sequential model at the top.
         signature: the input signature config of a subclassed model at the top (`signature_of`).
+        sample_signature: the signature of the batch a graph-model subclass at the top was compressed
+            with (`signature_of`): what it is run on when loaded (`replay`).
 
     Attributes:
         record: what the copy holds that the original did not: `{"layers": {path: describe_chain},
             "graphs": {graph path: insertions}}` (compressed objects keep the part under them).
     """
 
-    def __init__(self, wrap=None, planners=(), recorded=None, record=None, input_shape=None, signature=None):
+    def __init__(self, wrap=None, planners=(), recorded=None, record=None, input_shape=None, signature=None,
+                 sample_signature=None):
         self.wrap = wrap
         self.planners = list(planners)
         self.recorded = recorded or {}
         self.replaying = record
         self.input_shape = input_shape
         self.signature = signature if signature is not None else (record or {}).get("input_signature")
+        self.sample_signature = sample_signature if sample_signature is not None else (record or {}).get("sample_signature")
         self.copies = {}  # id(original) -> its copy (a layer used in two graphs is copied once)
         self.keep = []  # the originals, alive while `copies` holds their ids
         self.frozen = []  # paths of objects that were compressed already (replay leaves them as they are)
@@ -250,7 +255,8 @@ class Transformer:
                 self._note(child_path, new)
             replacements[child] = new
         changed = bool(operations) or any(
-            k == path or k.startswith(f"{path}/") or not path for part in PATH_KEYED for k in self.record[part]
+            k == path or k.startswith(f"{path}/") or not path
+            for part in PATH_KEYED if part != "names" for k in self.record[part]  # names: what graphs hold
         )
         if isinstance(obj, keras.Model):
             shell = self._model_shell(obj, replacements, path)
@@ -305,8 +311,16 @@ class Transformer:
         return inserted, operations
 
     def _model_shell(self, model, replacements, path):
-        """A subclassed model's copy: made from its config, its sublayers replaced, then built."""
-        shell = make_from_config(compressed_class(type(model)), model)
+        """A subclassed model's copy: made from its config, its sublayers replaced, then built. One held
+        by another model whose config does not make it again (KerasHub's Flux `MLPEmbedder`, whose
+        `get_config` raises) is copied from its state, as a composite layer is: the model that holds
+        it makes it again when loaded."""
+        try:
+            shell = make_from_config(compressed_class(type(model)), model)
+        except ValueError:
+            if not path:
+                raise
+            return copy_layer(model, replacements, cls=compressed_class(type(model)))
         for name, child in child_layers(model):
             set_sublayer(shell, name, replacements[child])
         signature = self.signature if not path else None
@@ -326,12 +340,25 @@ class Transformer:
         return shell
 
     # ------------------------------------------------------------------ graph models
-    def _planner_states(self, graph, path):
+    def _recorded_names(self, functional, path):
+        """`{layer name now: its name when compressed}` for the layers of a graph being replayed whose
+        names changed (a KerasHub backbone made without a name names its blocks `embedder`; made again
+        from its config, with its name, `hg_net_v2_backbone_embedder`): the record's paths use the old
+        names. Matched by position in the graph's layer list; empty when nothing changed."""
+        if self.replaying is None or self._is_frozen(path):
+            return {}
+        recorded = self.replaying.get("names", {}).get(path)
+        names = [layer.name for layer in functional.layers]
+        if not recorded or len(recorded) != len(names) or recorded == names:
+            return {}
+        return {now: then for now, then in zip(names, recorded) if now != then}
+
+    def _planner_states(self, graph, path, renamed=None):
         if self.replaying is not None:
             record = self.replaying["graphs"].get(path)
             if record is None or self._is_frozen(path):
                 return []
-            replayed = [ReplayedPlan(record, graph, slot) for slot in range(ReplayedPlan.slots(record))]
+            replayed = [ReplayedPlan(record, graph, slot, renamed) for slot in range(ReplayedPlan.slots(record))]
             return [Inserter(planner, planner) for planner in replayed]
         prefix = f"{path}/" if path else ""
         return [Inserter(planner, planner.plan(graph, prefix), self._unique) for planner in self.planners]
@@ -340,9 +367,11 @@ class Transformer:
         functional = as_functional(model, self.input_shape if not path else None)
         graph = trace_graph(functional)
         graph.inner, graph.owner = bool(path), model
-        inserters = self._planner_states(graph, path)
+        renamed = self._recorded_names(functional, path)
+        self.record["names"][path] = [renamed.get(layer.name, layer.name) for layer in functional.layers]
+        inserters = self._planner_states(graph, path, renamed)
         in_wrappers = self._move_to_wrappers(model, graph, inserters)
-        numbers, counts = [], {}
+        numbers, counts, keys = [], {}, call_keys(graph)
         for call in graph.calls:
             numbers.append(counts.get(id(call.layer), 0))
             counts[id(call.layer)] = numbers[-1] + 1
@@ -371,7 +400,7 @@ class Transformer:
                 def quantize(tensor, position=position):
                     tensor, names = insert(tensor, lambda inserter: inserter.edge((call.index, position)))
                     if names:
-                        edges.append([call.name, numbers[call.index], position, names])
+                        edges.append([keys[call.index], numbers[call.index], position, names])
                     return tensor
 
                 replace[position] = quantize
@@ -381,7 +410,7 @@ class Transformer:
         new = keras.models.clone_model(
             functional,
             input_tensors=new_inputs(functional),
-            clone_function=lambda layer: self.transform(layer, _join(path, layer.name)),
+            clone_function=lambda layer: self.transform(layer, _join(path, renamed.get(layer.name, layer.name))),
             call_function=call_function,
         )
         if any(inserter.plan is not None and inserter.plan.outputs for inserter in inserters):
@@ -483,7 +512,12 @@ class Transformer:
             if name in own or name in _BASE_ATTRIBUTES or name.startswith(TRACKING_ATTRIBUTES) or name == RECORD:
                 continue
             setattr(model, name, self._map_attribute(value, _join(path, name), tensors))
-        object.__setattr__(model, RECORD, subtree(self.record, path))
+        record = subtree(self.record, path)
+        # Kept by the copies of a compressed model too (its stripped version exports at those shapes).
+        sample_signature = self.sample_signature or getattr(original, RECORD, {}).get("sample_signature")
+        if not path and sample_signature is not None:
+            record = {**record, "sample_signature": sample_signature}
+        object.__setattr__(model, RECORD, record)
         remember_base_config(model, original)
         return model
 
@@ -524,10 +558,14 @@ class Transformer:
 def replay(base, record):
     """Applies a record (`Transformer.record`) to a freshly made user object: how a compressed layer
     or model is loaded. A graph model is then run once, which builds the layers its graph does not
-    build (a container's sublayers when it has a shape rule of its own), before Keras loads weights."""
+    build (a container's sublayers when it has a shape rule of its own), before Keras loads weights:
+    on a batch of the shapes it was compressed with when the record has them (`sample_signature`: a
+    model whose inputs have free sizes may take only some, a position embedding's length, a feature
+    map's size), else on `sample_inputs`."""
     model = Transformer(record=record).transform(base)
     if is_graph_model(model):
-        model(sample_inputs(model), training=False)
+        signature = record.get("sample_signature")
+        model(sample_inputs(model) if signature is None else signature_ones(signature), training=False)
     return model
 
 
@@ -573,8 +611,22 @@ def transform_model(model, wrap=None, planners=(), sample=None, input_shape=None
         if sample is None:
             sample = sample_inputs(model) if signature is None else signature_zeros(signature)
         recorded = record_containers(model, sample)
-    transformer = Transformer(wrap, planners, recorded, input_shape=input_shape, signature=signature)
+    # The shapes a graph-model subclass was compressed on: what it runs on when loaded (`replay`).
+    sample_signature = None
+    if signature is None and sample is not None:  # with its batch size (TensorFlow's oneDNN MaxPool
+        # failed on BASNet's 1x1 feature maps at batch 1 and not at the calibration batch's 2)
+        size = int(keras.tree.flatten(sample)[0].shape[0])
+        sample_signature = _with_batch(signature_of(sample), size)
+    transformer = Transformer(wrap, planners, recorded, input_shape=input_shape, signature=signature,
+                              sample_signature=sample_signature)  # fmt: skip
     return transformer.transform(model)
+
+
+def _with_batch(signature, size):
+    """A signature config (`signature_of`) whose specs also hold the batch size they were taken at."""
+    if isinstance(signature, dict):
+        return {name: {**spec, "batch": size} for name, spec in signature.items()}
+    return [{**spec, "batch": size} for spec in signature]
 
 
 def _warn_unregistered(model):

@@ -91,11 +91,15 @@ def compress_family(family, workdir):
     figures["kept_class"] = type(compressed).__name__ == cls.__name__ and isinstance(compressed, cls)
     before = to_numpy(compressed.predict(x, verbose=0))
     figures["quantization_error"] = relative_difference(before, reference)
-    # One step towards zero on the float outputs (the others get no loss).
+    # One step towards zero on the float outputs (the others get no loss): one loss for all when all
+    # are float (a structure of losses is matched to the output layers' names, which two outputs of one
+    # layer share: SigLIP); the batch as a one-element generator (an output may have its own first
+    # size: SAM's, which Keras' check of array sizes rejects).
     targets = keras.tree.map_structure(lambda a: np.zeros_like(a, "float32") if is_float(a) else a, before)
-    losses = keras.tree.map_structure(lambda a: "mse" if is_float(a) else None, before)
+    all_float = all(is_float(a) for a in keras.tree.flatten(before))
+    losses = "mse" if all_float else keras.tree.map_structure(lambda a: "mse" if is_float(a) else None, before)
     compressed.compile(optimizer=keras.optimizers.SGD(1e-3), loss=losses, run_eagerly=True)
-    history = compressed.fit(x, targets, epochs=1, batch_size=len(keras.tree.flatten(x)[0]), verbose=0,
+    history = compressed.fit((item for item in [(x, targets)]), epochs=1, steps_per_epoch=1, verbose=0,
                              callbacks=ctrl.callbacks())  # fmt: skip
     figures["loss"] = float(history.history["loss"][-1])
     compressed.save(workdir / f"{family}.keras")

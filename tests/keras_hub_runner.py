@@ -27,10 +27,62 @@ BASES = {
 NOT_SMALL = {}
 #: Families that build small but do not go through the whole path, each with the reason (at most 10%
 #: of the families that build small, with PARTLY_INT8).
-FAILING = {}
+FAILING = {
+    "deberta_v3": "OpenVINO 2026.4's CPU plugin does not compile the INT8 IR: its low-precision "
+    "ReshapeTransformation throws on the per-channel dequantization of the relative-position key "
+    "projection reshaped to [?, 512, 2, 1] (a broadcast check); conversion, save and load work",
+    "dinov3": "OpenVINO 2026.4's CPU plugin does not compile the INT8 IR: its low-precision "
+    "ReshapeTransformation throws on the per-channel dequantization of the bias-free o_proj Dense "
+    "reshaped from [?, 16] to [?, 21, 16] (static token count); conversion, save and load work",
+    "gemma4": "Gemma4ClippableEinsumDense holds an EinsumDense but never calls it: its call() computes "
+    "ops.einsum(x, self.dense.kernel), reading the sublayer's kernel, which the QuantizeWrapper around "
+    "the sublayer does not have (compress fails in the first forward pass)",
+    "basnet": "OpenVINO 2026.4's CPU plugin does not compile the IR: 'CPU plugin does not support f64 "
+    "for use with oneDNN' (a float64 tensor in KerasHub's BASNet graph)",
+    "d_fine": "the backbone's outputs are not a SavedModel signature: 'decoder_hidden_states' is a tuple "
+    "of tensors inside the output dict, which TensorFlow's SavedModel export rejects (the float model "
+    "too)",
+    "depth_anything": "the model loaded in a new process computes something else (0.054 of the largest "
+    "output, after the fit step; equal when loaded without training in the compressing process): not "
+    "analysed",
+    "qwen3_5": "exported at the compressed sizes (Qwen3_5GatedDeltaNet needs its length known to trace), "
+    "the IR does not convert: OpenVINO's TensorFlow frontend has no rule for MatrixDiagV3",
+    "qwen3_5_moe": "as qwen3_5: Qwen3_5GatedDeltaNet's MatrixDiagV3 has no OpenVINO conversion rule",
+    "sam3": "the model loaded in a new process computes something else (0.042 of the largest output; "
+    "every compute op of its IR is int8): not analysed",
+    "stable_diffusion_3": "the float backbone does not run in a TensorFlow graph: "
+    "FlowMatchEulerDiscreteScheduler.set_sigmas passes its step count to ops.linspace as a Python "
+    "number (the uncompressed model's predict fails the same way on the TensorFlow backend)",
+    "swin_transformer": "OpenVINO's TensorFlow frontend has no rule for XlaDynamicUpdateSlice, which "
+    "Keras' TensorFlow backend emits for the window attention's ops.slice_update (the float model's IR "
+    "does not convert either)",
+}
 #: Families whose IR runs less than 95% of its Convolution / FullyConnected / MatMul ops in int8, with
 #: what is left in float and why.
-PARTLY_INT8 = {}
+_EXPERTS = ("the mixture-of-experts layer ({}) holds the experts' kernels as weights of its own and "
+            "multiplies them with ops.einsum: a layer with its own math, left in float and listed "
+            "({} FullyConnected in f32); attention and shared layers are int8")  # fmt: skip
+PARTLY_INT8 = {
+    "gpt_oss": _EXPERTS.format("GptOssExperts", 4),
+    "mixtral": _EXPERTS.format("MixtralMoeExperts", 5),
+    "qwen_moe": _EXPERTS.format("QwenMoeExperts", 4),
+    "qwen3_moe": _EXPERTS.format("Qwen3MoeExperts", 4),
+    "smollm3": "16 of 18: the 2 f32 MatMuls are SmolLM3RotaryEmbedding's inv_freq x positions product "
+    "(a layer with a weight of its own, left in float and listed)",
+    "vit_det": "11 of 19: 4 MatMuls of AddRelativePositionalEmbedding (a layer with weights of its own: "
+    "the relative-position einsums stay float) and 4 FullyConnected that OpenVINO keeps in f32 "
+    "(not analysed)",
+    "xlnet": "22 of 24: 2 FullyConnected of TwoStreamRelativeAttention stay f32 in OpenVINO's runtime "
+    "(not analysed)",
+    "gemma3n": "49 of 53: 1 Convolution, 2 FullyConnected and 1 MatMul stay f32 in OpenVINO's runtime "
+    "(not analysed)",
+    "rwkv7": "17 of 158: RWKV7TimeMix has weights of its own (w1, a1, g1, ...) besides its Dense "
+    "sublayers, so it is left as it is, sublayers included, and listed; its WKV recurrence, unrolled "
+    "over the length it is exported at (the compressed one: its call needs the length known to trace), "
+    "is 128 f32 MatMuls, with 13 FullyConnected in f32",
+    "sam": "67 of 133: the prompt encoder and the mask decoder's two-way transformer leave 34 "
+    "FullyConnected and 32 MatMuls in f32 (not analysed)",
+}
 
 
 def run_list():

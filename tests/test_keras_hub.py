@@ -334,3 +334,69 @@ def test_a_layer_whose_config_cannot_be_serialized_is_wrapped_and_saved(tmp_path
     compressed.save(tmp_path / "head.keras")
     loaded = keras.saving.load_model(tmp_path / "head.keras")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), compressed.predict(x, verbose=0), atol=1e-6)
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class FusedAttention(L.Layer):
+    """Attention as KerasHub's ESM and DINOv3 write it: projections as sublayers, both matmuls inside
+    one `keras.ops.dot_product_attention` (here through `keras.ops.nn`), with a boolean mask."""
+
+    def __init__(self, heads=2, head_dim=4, **kwargs):
+        super().__init__(**kwargs)
+        self.heads, self.head_dim = heads, head_dim
+        self.query, self.key, self.value = (L.Dense(heads * head_dim, name=n) for n in ("query", "key", "value"))
+
+    def build(self, input_shape):
+        for layer in (self.query, self.key, self.value):
+            layer.build(input_shape)
+        self.built = True
+
+    def call(self, x):
+        b, t = keras.ops.shape(x)[0], keras.ops.shape(x)[1]
+        q, k, v = (keras.ops.reshape(layer(x), (b, t, self.heads, self.head_dim)) for layer in (self.query, self.key, self.value))
+        mask = keras.ops.ones((1, 1, t, t), dtype="bool")
+        out = keras.ops.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
+        return keras.ops.reshape(out, (b, t, self.heads * self.head_dim))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.heads * self.head_dim)
+
+    def get_config(self):
+        return {**super().get_config(), "heads": self.heads, "head_dim": self.head_dim}
+
+
+def test_a_blocks_dot_product_attention_gets_both_matmuls_quantized_and_saves(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 8))
+    model = keras.Model(inputs, L.Dense(3, name="head")(FusedAttention(name="attention")(L.Dense(8, name="embed")(inputs))))
+    x = np.random.default_rng(0).normal(size=(16, 6, 8)).astype("float32")
+    reference = model.predict(x, verbose=0)
+    compressed, _ = kc.compress(model, quantization_config(init_samples=16), dataset=x)
+    # Computed as two einsums: the query and key of the first, the probabilities and values of the second.
+    attention = compressed.get_layer("attention")
+    assert sorted(vars(attention)[OPERATIONS]) == ["0_0", "0_1", "1_0", "1_1"]
+    assert vars(attention)[OPERATIONS]["1_0"].quantizer.is_signed is False  # softmax output
+    got = compressed.predict(x, verbose=0)
+    assert np.abs(got - reference).max() < 0.1 * np.abs(reference).max()
+    # Outside a compressed block the op is Keras' own again.
+    assert keras.ops.nn.dot_product_attention.__module__.startswith("keras")
+    compressed.save(tmp_path / "fused.keras")
+    loaded = keras.saving.load_model(tmp_path / "fused.keras")
+    assert sorted(vars(loaded.get_layer("attention"))[OPERATIONS]) == ["0_0", "0_1", "1_0", "1_1"]
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), got, atol=1e-6)
+
+
+def test_a_backbone_loads_on_the_shapes_it_was_compressed_with(tmp_path):
+    """A backbone whose inputs have free lengths but whose position embedding holds 8 positions: the
+    loaded model is run once to build it, on a batch of the calibration data's shapes (not 16 tokens)."""
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.BertBackbone(vocabulary_size=64, num_layers=1, num_heads=2, hidden_dim=16,
+                                             intermediate_dim=32, max_sequence_length=8)  # fmt: skip
+    x = {**token_batch(n=4, length=8), "segment_ids": np.zeros((4, 8), "int32")}
+    compressed, _ = kc.compress(backbone, quantization_config(init_samples=4), dataset=x)
+    compressed.save(tmp_path / "bert.keras")
+    loaded = keras.saving.load_model(tmp_path / "bert.keras")
+    assert isinstance(loaded, keras_hub.models.BertBackbone)
+    expected, got = compressed.predict(x, verbose=0), loaded.predict(x, verbose=0)
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], atol=1e-5)

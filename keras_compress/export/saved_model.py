@@ -28,6 +28,7 @@ from pathlib import Path
 import keras
 
 from keras_compress import backend
+from keras_compress.compressed import RECORD
 from keras_compress.export.job_process import SERVE_LOOP, JobProcess, describe_exit
 
 __all__ = ["write_saved_model"]
@@ -109,7 +110,33 @@ def _write_here(model, directory):
     try:
         model.export(str(directory), format="tf_saved_model", verbose=False, **options)
     except Exception as err:  # noqa: BLE001 - tracing can raise anything
-        raise RuntimeError(f"Could not trace model {model.name!r} into a SavedModel: {err}") from err
+        fixed = _compressed_shapes(model) if signature is None else None
+        if fixed is None:
+            raise RuntimeError(f"Could not trace model {model.name!r} into a SavedModel: {err}") from err
+        # A model whose call needs its sizes known (a Python loop over the sequence length: KerasHub's
+        # RWKV7 and Qwen3.5 linear attention) is traced at the sizes it was compressed with, batch free.
+        try:
+            model.export(str(directory), format="tf_saved_model", verbose=False, input_signature=fixed)
+        except Exception as again:  # noqa: BLE001
+            raise RuntimeError(
+                f"Could not trace model {model.name!r} into a SavedModel, with free input sizes ({err}) or "
+                f"with the sizes it was compressed with ({again})"
+            ) from again
+
+
+def _compressed_shapes(model):
+    """`input_signature` for `model.export` from the shapes a compressed graph model was compressed with
+    (`sample_signature` of its record), the batch size free; None when it has none."""
+    signature = vars(model).get(RECORD, {}).get("sample_signature")
+    if signature is None:
+        return None
+
+    def spec(item):
+        return keras.InputSpec(shape=tuple(item["shape"]), dtype=item["dtype"], name=item["name"])
+
+    if isinstance(signature, dict):
+        return [{name: spec(item) for name, item in signature.items()}]
+    return [spec(signature[0])] if len(signature) == 1 else [[spec(item) for item in signature]]
 
 
 def write_saved_model(model, directory, staging=None):
