@@ -25,8 +25,8 @@ BASES = {
 }
 #: Families whose small config does not build small on a CPU: not run (nor counted as exceptions).
 NOT_SMALL = {}
-#: Families that build small but do not go through the whole path, each with the reason (at most 10%
-#: of the families that build small, with PARTLY_INT8).
+#: Families that build small but do not go through the whole path, each with the reason (the goal is
+#: at most 10% of the families that build small, with PARTLY_INT8; docs/keras_hub.md has the figure).
 FAILING = {
     "deberta_v3": "OpenVINO 2026.4's CPU plugin does not compile the INT8 IR: its low-precision "
     "ReshapeTransformation throws on the per-channel dequantization of the relative-position key "
