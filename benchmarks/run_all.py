@@ -18,6 +18,8 @@ the next; `--sections` reruns those and keeps the page's other sections as they 
   lm            tiny KerasHub GPT-2 and Gemma causal LMs on standard-library bytes: held-out perplexity of
                 FP32, NNCF PTQ and keras_compress QAT INT8 IRs (3 seeds), IR-vs-Keras agreement
                 (benchmarks/lm_perplexity.py)
+  hub           KerasHub families (their small test configs): int8 share, IR agreement, latency vs NNCF PTQ
+                (benchmarks/hub.py)
   coverage      the smallest model of every keras.applications family (benchmarks/coverage.py)
   pruning       filter-pruning speedups (benchmarks/pruning_speed.py)
   sparsity      sparsity levels reached by magnitude, RB and movement sparsity on digits
@@ -48,8 +50,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from report import ROOT, git_commit, machine_markdown, md_table  # noqa: E402
 
-SECTIONS = ("tfmot", "qat", "int8", "transformers", "text", "lm", "coverage", "pruning", "sparsity", "memory",
-            "subclassed", "backends")  # fmt: skip
+SECTIONS = ("tfmot", "qat", "int8", "transformers", "text", "lm", "hub", "coverage", "pruning", "sparsity",
+            "memory", "subclassed", "backends")  # fmt: skip
 APPLICATIONS = ("ResNet50", "MobileNetV2", "EfficientNetB0")
 
 
@@ -276,6 +278,7 @@ TITLES = {
     "transformers": "Transformers: INT8 share, latency and accuracy vs NNCF post-training quantization",
     "text": "Text classification (keras.io Transformer): INT8 accuracy, int8 share and latency",
     "lm": "Causal LMs (KerasHub GPT-2 and Gemma): INT8 perplexity and IR agreement",
+    "hub": "KerasHub families",
     "coverage": "Coverage: every keras.applications family",
     "pruning": "Filter pruning speedups",
     "sparsity": "Sparsity levels reached",
@@ -285,7 +288,8 @@ TITLES = {
 }
 #: Sections that are the output of a benchmark script: section -> script name.
 SCRIPTS = {"qat": "qat_overhead", "pruning": "pruning_speed", "transformers": "transformers", "coverage": "coverage",
-           "subclassed": "subclassed", "backends": "backends", "text": "text_classification", "lm": "lm_perplexity"}
+           "subclassed": "subclassed", "backends": "backends", "text": "text_classification", "lm": "lm_perplexity",
+           "hub": "hub"}
 FUNCTIONS = {
     "tfmot": section_tfmot,
     "int8": section_int8,
