@@ -119,8 +119,9 @@ class CompressionAlgorithm:
     def on_epoch_begin(self, model, epoch):
         """At the start of every epoch (0-based)."""
 
-    def on_train_end(self, model):
-        """When `fit` ends (after its last optimizer step)."""
+    def on_epoch_end(self, model):
+        """At the end of every epoch, after its last optimizer step (before the callbacks that save or
+        evaluate the model: the schedule callback comes first in `ctrl.callbacks()`)."""
 
     def on_train_batch_begin(self, model, step):
         """Before every optimizer step, with the global step."""

@@ -70,6 +70,7 @@ class CompressionScheduleCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._catch_up()
+        self.controller.on_epoch_end()
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._deferred:

@@ -18,14 +18,21 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 
 import keras
 import numpy as np
 
-from keras_compress.base_layer import innermost
+from keras_compress.base_layer import CompressionLayer, innermost
+from keras_compress.inputs_wrapper import InputsWrapper
 from keras_compress.operations import applying, attention_with_public_ops, has_private_attention
 
+logger = logging.getLogger("keras_compress")
+
 __all__ = [
+    "build_like",
+    "signature_with_batch",
+    "warn_unregistered",
     "BASE_CONFIG",
     "OPERATIONS",
     "PATH_KEYED",
@@ -361,3 +368,41 @@ def set_sublayer(root, path, layer):
         parent[last] = layer
     else:
         setattr(parent, last, layer)
+
+
+def build_like(new, layer):
+    """Builds `new` (wrappers around a copy of `layer`), innermost first, as `layer` was built: a
+    container called in a graph may compute its output shape without calling its sublayers, which
+    would leave them unbuilt. An `InputsWrapper` needs no shape: it is built even around a layer
+    that is not (a Dropout that a loaded model has not called yet), or its quantizers' saved
+    variables would not load."""
+    config = layer.get_build_config() if layer.built else None
+    chain = []
+    while isinstance(new, CompressionLayer) and isinstance(new, keras.layers.Wrapper):
+        chain.append(new)
+        new = new.layer
+    for wrapper in reversed(chain):
+        if wrapper.built:
+            continue
+        if config:
+            wrapper.build_from_config(config)
+        elif isinstance(wrapper, InputsWrapper):
+            wrapper.build()
+
+
+def signature_with_batch(signature, size):
+    """A signature config (`signature_of`) whose specs also hold the batch size they were taken at."""
+    if isinstance(signature, dict):
+        return {name: {**spec, "batch": size} for name, spec in signature.items()}
+    return [{**spec, "batch": size} for spec in signature]
+
+
+def warn_unregistered(model):
+    """Warns when the user class of a compressed subclassed model is not registered for saving."""
+    base = compression_base(type(model))
+    if keras.saving.get_registered_object(keras.saving.get_registered_name(base)) is not base:
+        logger.warning(
+            "%s is not registered with `@keras.saving.register_keras_serializable()`: the compressed model "
+            "trains and exports, but `keras.saving.load_model` cannot rebuild it from a saved file until "
+            "the class is registered (Keras' rule for subclassed models).", base.__name__
+        )

@@ -298,11 +298,15 @@ class CompressionController:
         """
         for wrapper in self._wrappers:
             wrapper.driven = False
-        for algorithm in self.algorithms:
-            algorithm.on_train_end(self.model)
         steps = max(self._counter("compression_step"), int(step or 0))
         self._set_counter("compression_step", steps, everywhere=True)  # every wrapper holds the progress
         self._set_counter("compression_epoch", self._counter("compression_epoch"), everywhere=True)
+
+    def on_epoch_end(self) -> None:
+        """Called by the schedule callback at the end of every epoch (a custom loop calls it after the
+        epoch's last step): algorithms bring what the last step moved back to their level."""
+        for algorithm in self.algorithms:
+            algorithm.on_epoch_end(self.model)
 
     def on_epoch_begin(self, epoch: int | None = None) -> None:
         """Advances per-epoch schedules to the next epoch.

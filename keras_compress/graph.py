@@ -36,6 +36,7 @@ __all__ = [
     "iter_layers",
     "own_weights",
     "layers_by_path",
+    "has_inputs",
     "new_inputs",
     "node_role",
     "node_weights",
@@ -556,7 +557,7 @@ def as_functional(model, input_shape=None):
             "sub-models it contains."
         )
     if isinstance(model, keras.Sequential):
-        if not model.built or not _has_inputs(model):
+        if not model.built or not has_inputs(model):
             if input_shape is None:
                 raise ValueError(
                     f"Sequential model {model.name!r} has no input shape. Start it with "
@@ -572,7 +573,8 @@ def as_functional(model, input_shape=None):
     return model
 
 
-def _has_inputs(model):
+def has_inputs(model):
+    """Whether `model` has symbolic inputs (a built graph model)."""
     try:
         return bool(model.inputs)
     except (AttributeError, ValueError):

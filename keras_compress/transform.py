@@ -28,8 +28,6 @@ model loads wherever the uncompressed one loads, and no copy depends on a layer'
 
 from __future__ import annotations
 
-import logging
-
 import keras
 
 from keras_compress.base_layer import CompressionLayer
@@ -39,8 +37,8 @@ from keras_compress.compressed import (
     RECORD,
     CompressedLayer,
     build_chain,
+    build_like,
     compressed_class,
-    compression_base,
     describe_chain,
     is_compressed,
     make_from_config,
@@ -48,8 +46,10 @@ from keras_compress.compressed import (
     set_sublayer,
     signature_of,
     signature_ones,
+    signature_with_batch,
     signature_zeros,
     subtree,
+    warn_unregistered,
 )
 from keras_compress.copying import copy_layer, set_tracked
 from keras_compress.graph import (
@@ -59,6 +59,7 @@ from keras_compress.graph import (
     functional_class,
     child_layers,
     fresh_copy,
+    has_inputs,
     is_container,
     is_functional_subclass,
     is_graph_model,
@@ -73,7 +74,6 @@ from keras_compress.recording import containers_of, record_containers, sample_in
 
 __all__ = ["Transformer", "replay", "transform_model"]
 
-logger = logging.getLogger("keras_compress")
 
 def _join(path, name):
     return f"{path}/{name}" if path else name
@@ -82,26 +82,6 @@ def _join(path, name):
 def _prefix(path):
     """The scope prefix of the object at `path` (its parent's path and a slash): "outer/inner/"."""
     return path.rsplit("/", 1)[0] + "/" if "/" in path else ""
-
-
-def _build_like(new, layer):
-    """Builds `new` (wrappers around a copy of `layer`), innermost first, as `layer` was built: a
-    container called in a graph may compute its output shape without calling its sublayers, which
-    would leave them unbuilt. An `InputsWrapper` needs no shape: it is built even around a layer
-    that is not (a Dropout that a loaded model has not called yet), or its quantizers' saved
-    variables would not load."""
-    config = layer.get_build_config() if layer.built else None
-    chain = []
-    while isinstance(new, CompressionLayer) and isinstance(new, keras.layers.Wrapper):
-        chain.append(new)
-        new = new.layer
-    for wrapper in reversed(chain):
-        if wrapper.built:
-            continue
-        if config:
-            wrapper.build_from_config(config)
-        elif isinstance(wrapper, InputsWrapper):
-            wrapper.build()
 
 
 def _attribute_layers(model):
@@ -129,13 +109,6 @@ def _attribute_layers(model):
         if name not in _BASE_ATTRIBUTES and not name.startswith(TRACKING_ATTRIBUTES):
             walk(item)
     return found
-
-
-def _has_inputs(model):
-    try:
-        return bool(model.inputs)
-    except (AttributeError, ValueError):
-        return False
 
 
 class Transformer:
@@ -225,7 +198,7 @@ class Transformer:
             new = self.wrap(layer, fresh, _prefix(path)) if self.wrap is not None else fresh
             if id(layer) in self.pending:
                 new = InputsWrapper(new, self.pending.pop(id(layer)))
-        _build_like(new, fresh)
+        build_like(new, fresh)
         self._note(path, new)
         return new
 
@@ -251,7 +224,7 @@ class Transformer:
             new = self.transform(child, child_path)
             if name in planned:
                 new = InputsWrapper(new, planned[name])
-                _build_like(new, child)
+                build_like(new, child)
                 self._note(child_path, new)
             replacements[child] = new
         changed = bool(operations) or any(
@@ -454,7 +427,7 @@ class Transformer:
             new_layers.append(inserted_layer)
             outputs.setdefault("0", []).append(inserted_layer.name)
             inserted[inserted_layer.name] = inserted_layer
-        if _has_inputs(model):
+        if has_inputs(model):
             new_layers.insert(0, keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype))
         if edges or outputs:
             configs = {name: keras.saving.serialize_keras_object(layer) for name, layer in inserted.items()}
@@ -603,7 +576,7 @@ def transform_model(model, wrap=None, planners=(), sample=None, input_shape=None
                 f"kc.compress needs the input shape of subclassed model {model.name!r}: pass calibration "
                 "data (`dataset=...`) or call the model once before compressing it."
             )
-        _warn_unregistered(model)
+        warn_unregistered(model)
     elif not is_functional_subclass(model):
         model = as_functional(model, input_shape)
     recorded = {}
@@ -616,24 +589,7 @@ def transform_model(model, wrap=None, planners=(), sample=None, input_shape=None
     if signature is None and sample is not None:  # with its batch size (TensorFlow's oneDNN MaxPool
         # failed on BASNet's 1x1 feature maps at batch 1 and not at the calibration batch's 2)
         size = int(keras.tree.flatten(sample)[0].shape[0])
-        sample_signature = _with_batch(signature_of(sample), size)
+        sample_signature = signature_with_batch(signature_of(sample), size)
     transformer = Transformer(wrap, planners, recorded, input_shape=input_shape, signature=signature,
                               sample_signature=sample_signature)  # fmt: skip
     return transformer.transform(model)
-
-
-def _with_batch(signature, size):
-    """A signature config (`signature_of`) whose specs also hold the batch size they were taken at."""
-    if isinstance(signature, dict):
-        return {name: {**spec, "batch": size} for name, spec in signature.items()}
-    return [{**spec, "batch": size} for spec in signature]
-
-
-def _warn_unregistered(model):
-    base = compression_base(type(model))
-    if keras.saving.get_registered_object(keras.saving.get_registered_name(base)) is not base:
-        logger.warning(
-            "%s is not registered with `@keras.saving.register_keras_serializable()`: the compressed model "
-            "trains and exports, but `keras.saving.load_model` cannot rebuild it from a saved file until "
-            "the class is registered (Keras' rule for subclassed models).", base.__name__
-        )

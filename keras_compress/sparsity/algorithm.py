@@ -336,10 +336,11 @@ class MovementSparsityAlgorithm(_SparsityAlgorithm):
         elif self.level:
             self._mask_share(self.wrappers(model), self.level)
 
-    def on_train_end(self, model):
+    def on_epoch_end(self, model):
         # The last optimizer step moved the scores after the masks were set for it: with a level to
         # hold (`sparsity_target`, or one set by accuracy-aware training) they are set once more, so
-        # the trained model, its statistics and its export have that level, not a step-old one.
+        # the model an epoch ends with (saved, evaluated, kept as the best by accuracy-aware training,
+        # exported) has that level, not a step-old one.
         if self.level and (not self.scheduled or self.config.params.sparsity_target is not None):
             self._mask_share(self.wrappers(model), self.level)
 
