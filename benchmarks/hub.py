@@ -134,7 +134,9 @@ def run(quick=False, families=None, json_path=None):
     rounds, iterations = (3, 10) if quick else (9, 30)
     workdir = Path(tempfile.mkdtemp(prefix="kc-hub-"))
     results, failures = [], []
-    env = {**os.environ, "CI": "true", "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    from keras_hub_runner import child_env
+
+    env = child_env()  # this checkout importable, TensorFlow quiet, OpenVINO telemetry off
     for family in families or families_to_run():
         command = [sys.executable, __file__, "--child", family, "--workdir", str(workdir),
                    "--rounds", str(rounds), "--iterations", str(iterations)]  # fmt: skip

@@ -415,8 +415,8 @@ def init_with_call_signature(layer, stand_for, init, *args, **kwargs):
     """
     signature = inspect.signature(stand_for.call)
 
-    def call(*call_args, **call_kwargs):  # pragma: no cover - replaced before any call
-        raise NotImplementedError
+    def call(*call_args, **call_kwargs):  # pragma: no cover - removed before any call
+        raise RuntimeError("a signature carrier for Layer.__init__, never called")
 
     call.__signature__ = signature
     object.__setattr__(layer, "call", call)
