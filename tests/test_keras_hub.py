@@ -70,14 +70,15 @@ def test_a_compressed_gpt2_keeps_its_class_and_generates_what_its_forward_pass_c
     assert type(compressed).__name__ == "GPT2CausalLM" and isinstance(compressed, keras_hub.models.GPT2CausalLM)
     assert not any(isinstance(layer, kc.CompressionLayer) for layer in iter_layers(model))  # the user's is untouched
     paths = layers_by_path(compressed)
+    backbone = compressed.backbone.name  # "gpt2_backbone", or "gpt2_backbone_1" after another in this process
     # The tied-embedding LM head (with its input quantizer) and every projection and feed-forward layer.
-    head = paths["gpt2_backbone/token_embedding"]
+    head = paths[f"{backbone}/token_embedding"]
     assert isinstance(head, kc.InputsWrapper) and isinstance(head.layer, kc.QuantizeWrapper)
     assert len(quantized_layers(compressed)) == 2 * 6 + 1
     # Both attention matmuls of each block have quantized inputs (`keras_compress.operations`): the key, the
     # scaled query and the value on the matmuls; the probabilities at the input of the dropout before theirs.
     assert len(operation_quantizers(compressed)) == 2 * 3
-    dropout = paths["gpt2_backbone/transformer_layer_0/_self_attention_layer/_dropout_layer"]
+    dropout = paths[f"{backbone}/transformer_layer_0/_self_attention_layer/_dropout_layer"]
     assert isinstance(dropout, kc.InputsWrapper) and dropout.input_layers[0].quantizer.is_signed is False
 
     compressed.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
