@@ -15,8 +15,12 @@ Each side times `train_on_batch` of its FP32 and QAT models in interleaved round
 frameworks' FP32 steps differ (Keras 3 runs BatchNormalization as separate ops, tf_keras as a fused
 kernel), so compare the ratios, not the milliseconds.
 
+With `--profile`, each side's FP32 and QAT steps run under the TensorFlow profiler instead, and the op
+types where QAT spends more time than FP32 are listed side by side (op-kernel CPU time per step).
+
 Usage:
     python benchmarks/qat_overhead.py [--quick] [--models ResNet50 ...] [--batches 8 32] [--json out.json]
+    python benchmarks/qat_overhead.py --profile --models ResNet50 --batches 8
 Needs the `bench` extra (tensorflow-model-optimization, tf-keras).
 """
 
@@ -27,6 +31,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -88,24 +93,25 @@ def interleaved_ratio(models, x, y, rounds, steps):
 
 
 # ------------------------------------------------------------------------------ the two sides
-def keras_side(name, size, batch, rounds, steps):
+def keras_models(name, size):
+    """`{"fp32": model, "qat": model}` for keras_compress: the FP32 Keras 3 model and its `kc.compress(..., "int8")`."""
     import keras
 
     import keras_compress as kc
 
     keras.utils.set_random_seed(0)
     model = build(keras, name, size)
-    x, y = batch_of(name, size, batch)
     config = kc.load_config("int8")
     config.compression[0].initializer.range.num_init_samples = 8
     config.compression[0].initializer.batchnorm_adaptation.num_bn_adaptation_samples = 8
     compressed, _ = kc.compress(model, config, dataset=batch_of(name, size, 8, seed=1)[0], verbose=0)
     for m in (model, compressed):
         m.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    return interleaved_ratio({"fp32": model, "qat": compressed}, x, y, rounds, steps)
+    return {"fp32": model, "qat": compressed}
 
 
-def tfmot_side(name, size, batch, rounds, steps):
+def tfmot_models(name, size):
+    """`{"fp32": model, "qat": model}` for tfmot: the tf_keras model and its default 8-bit QAT model."""
     import tensorflow_model_optimization as tfmot
     import tf_keras as K
 
@@ -121,10 +127,66 @@ def tfmot_side(name, size, batch, rounds, steps):
         qat = tfmot.quantization.keras.quantize_apply(annotated)
     else:
         qat = tfmot.quantization.keras.quantize_model(model)
-    x, y = batch_of(name, size, batch)
     for m in (model, qat):
         m.compile(optimizer="sgd", loss=K.losses.SparseCategoricalCrossentropy(from_logits=True))
-    return interleaved_ratio({"fp32": model, "qat": qat}, x, y, rounds, steps)
+    return {"fp32": model, "qat": qat}
+
+
+SIDES = {"keras_side": keras_models, "tfmot_side": tfmot_models}
+
+
+def keras_side(name, size, batch, rounds, steps):
+    x, y = batch_of(name, size, batch)
+    return interleaved_ratio(keras_models(name, size), x, y, rounds, steps)
+
+
+def tfmot_side(name, size, batch, rounds, steps):
+    x, y = batch_of(name, size, batch)
+    return interleaved_ratio(tfmot_models(name, size), x, y, rounds, steps)
+
+
+def profile_side(side, name, size, batch, steps):
+    """Milliseconds per train step by TensorFlow op type, `{"fp32": {...}, "qat": {...}}`, from the
+    TensorFlow profiler (the CPU time of each op kernel, summed over threads)."""
+    import tensorflow as tf
+
+    models = SIDES[side](name, size)
+    x, y = batch_of(name, size, batch)
+    result = {}
+    for kind, model in models.items():
+        for _ in range(2):  # trace, then one untimed step
+            model.train_on_batch(x, y)
+        with tempfile.TemporaryDirectory() as logdir:
+            tf.profiler.experimental.start(logdir)
+            for _ in range(steps):
+                model.train_on_batch(x, y)
+            tf.profiler.experimental.stop()
+            result[kind] = {op: ms / steps for op, ms in op_times(logdir).items()}
+    return result
+
+
+def op_times(logdir):
+    """`{op type: ms}` summed over the op-kernel events of the profile in `logdir`."""
+    # The profile's protocol buffer: TensorFlow ships its module under `tensorflow.tsl` (no public path).
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    totals = {}
+    for path in Path(logdir).rglob("*.xplane.pb"):
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(path.read_bytes())
+        for plane in space.planes:
+            if not plane.name.startswith("/host:CPU"):
+                continue
+            for line in plane.lines:
+                if not line.name.startswith("tf_"):  # the executor's threads, not Python's
+                    continue
+                for event in line.events:
+                    label = plane.event_metadata[event.metadata_id].name
+                    if ":" not in label or "::" in label:  # "name:OpType" events are op kernels
+                        continue
+                    op = label.rsplit(":", 1)[1]
+                    totals[op] = totals.get(op, 0.0) + event.duration_ps / 1e9
+    return totals
 
 
 CHILD = """
@@ -135,10 +197,19 @@ print("RESULT " + json.dumps(qat_overhead.{side}({name!r}, {size}, {batch}, {rou
 """
 
 
-def run_child(side, name, size, batch, rounds, steps):
+PROFILE_CHILD = """
+import json, sys
+sys.path.insert(0, {here!r})
+import qat_overhead
+print("RESULT " + json.dumps(qat_overhead.profile_side({side!r}, {name!r}, {size}, {batch}, {steps})))
+"""
+
+
+def run_child(side, name, size, batch, rounds, steps, profile=False):
     """One side's measurement in a fresh process (tfmot's with `TF_USE_LEGACY_KERAS=1`)."""
     env = dict(os.environ, **({"TF_USE_LEGACY_KERAS": "1"} if side == "tfmot_side" else {}))
-    code = CHILD.format(here=str(HERE), side=side, name=name, size=size, batch=batch, rounds=rounds, steps=steps)
+    template = PROFILE_CHILD if profile else CHILD
+    code = template.format(here=str(HERE), side=side, name=name, size=size, batch=batch, rounds=rounds, steps=steps)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     lines = [line[7:] for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
@@ -175,6 +246,28 @@ def run(quick=False, models=MODELS, batches=(8, 32), size=224, json_path=None):
     return "\n".join([intro, "", md_table(header, rows)])
 
 
+def profile(name, batch, size=224, steps=3, top=12):
+    """The op types where each side's QAT step spends more than its FP32 step (TensorFlow profiler)."""
+    from report import md_table
+
+    lines = [f"Op-kernel CPU time per train step by op type ({name}, batch {batch}, mean of {steps} profiled "
+             "steps after two untimed ones), QAT minus FP32; summed over threads, so totals exceed wall time."]  # fmt: skip
+    for side, label in (("keras_side", "keras_compress"), ("tfmot_side", "tfmot")):
+        figures = run_child(side, name, size, batch, 0, steps, profile=True)
+        if "error" in figures:
+            lines += ["", f"{label}: {figures['error']}"]
+            continue
+        fp32, qat = figures["fp32"], figures["qat"]
+        total_fp32, total_qat = sum(fp32.values()), sum(qat.values())
+        delta = {op: qat.get(op, 0.0) - fp32.get(op, 0.0) for op in set(fp32) | set(qat)}
+        rows = [[op, f"{fp32.get(op, 0.0):.1f}", f"{qat.get(op, 0.0):.1f}", f"{d:+.1f}", f"{100 * d / total_fp32:+.1f}%"]
+                for op, d in sorted(delta.items(), key=lambda item: -abs(item[1]))[:top]]  # fmt: skip
+        lines += ["", f"**{label}**: FP32 {total_fp32:.0f} ms, QAT {total_qat:.0f} ms of op time "
+                  f"({total_qat / total_fp32:.2f}x)", "",
+                  md_table(["op type", "FP32 ms", "QAT ms", "QAT - FP32 ms", "of the FP32 total"], rows)]  # fmt: skip
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
@@ -182,8 +275,13 @@ def main(argv=None):
     parser.add_argument("--batches", nargs="+", type=int, default=[8, 32])
     parser.add_argument("--size", type=int, default=224, help="image size of the CNNs")
     parser.add_argument("--json", help="also write the raw figures here")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: the TensorFlow profiler's op times of both sides, QAT against FP32")  # fmt: skip
     args = parser.parse_args(argv)
     sys.path.insert(0, str(HERE))
+    if args.profile:
+        print("\n\n".join(profile(name, batch, args.size) for name in args.models for batch in args.batches))
+        return 0
     print(run(args.quick, args.models, args.batches, args.size, args.json))
     return 0
 
