@@ -16,6 +16,7 @@ __all__ = [
     "CompressibleLayerSpec",
     "COMPRESSIBLE_LAYERS",
     "UNCOMPRESSED_BY_DESIGN",
+    "uncompressed_by_design",
     "compressible_spec",
     "contracted_first",
     "call_with_weights",
@@ -213,7 +214,7 @@ _SPECS = [
 ]
 del L
 
-#: Layers with weights that compression leaves alone by design: not listed as "skipped".
+#: Keras layers with weights that compression leaves alone by design: not listed as "skipped".
 UNCOMPRESSED_BY_DESIGN = (
     keras.layers.BatchNormalization,
     keras.layers.LayerNormalization,
@@ -221,6 +222,24 @@ UNCOMPRESSED_BY_DESIGN = (
     keras.layers.Normalization,
     keras.layers.Rescaling,
 )
+
+
+def uncompressed_by_design(layer):
+    """Whether `layer` has weights but nothing an algorithm compresses, so it is not listed as skipped.
+
+    Keras' normalization layers, and any layer whose weights are all vectors or scalars: the gain of
+    an RMS norm (KerasHub writes one per family), a per-channel scale, clipping bounds. Weight
+    quantization, sparsity and pruning act on kernels (a weight with two axes or more), as NNCF's
+    and Keras' own quantization do; a layer with a kernel of its own is listed, with how to opt it in.
+
+    Example:
+        >>> uncompressed_by_design(keras.layers.LayerNormalization()), uncompressed_by_design(keras.layers.Dense(2))
+        (True, False)
+    """
+    if isinstance(layer, UNCOMPRESSED_BY_DESIGN):
+        return True
+    weights = getattr(layer, "weights", None) or []
+    return compressible_spec(layer) is None and bool(weights) and all(len(w.shape) <= 1 for w in weights)
 
 #: Supported layer class -> its spec. Subclasses that keep the parent's `call` are supported too.
 COMPRESSIBLE_LAYERS = {spec.layer_class: spec for spec in _SPECS}

@@ -12,8 +12,8 @@ import keras
 
 from keras_compress.compressible import (
     LAMBDA_REASON,
-    UNCOMPRESSED_BY_DESIGN,
     compressible_spec,
+    uncompressed_by_design,
     unsupported_reason,
 )
 from keras_compress.config import ConfigError
@@ -107,7 +107,7 @@ class LayerSelection:
             reason = self.kind_reason.format(kind=spec.kind)
         if reason is None and not self.scoped([layer.name, f"{path}{layer.name}"]):
             reason = "excluded by scopes"
-        if reason is not None and spec is None and isinstance(layer, UNCOMPRESSED_BY_DESIGN):
+        if reason is not None and spec is None and uncompressed_by_design(layer):
             return ""
         return reason
 

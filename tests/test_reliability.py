@@ -457,13 +457,23 @@ def test_model_with_only_unsupported_weight_layers_warns_and_lists_them(caplog):
 
 
 class ChannelScale(L.Layer):
-    """A custom layer with a weight."""
+    """A custom layer with a vector weight: nothing to compress, like a norm's gain."""
 
     def build(self, input_shape):
         self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones")
 
     def call(self, x):
         return x * self.scale
+
+
+class ChannelMix(L.Layer):
+    """A custom layer that multiplies by a kernel of its own (and does not opt in)."""
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], input_shape[-1]), initializer="identity")
+
+    def call(self, x):
+        return keras.ops.matmul(x, self.kernel)
 
 
 class DoubledConv2D(L.Conv2D):
@@ -477,6 +487,7 @@ def test_custom_layers_are_left_as_they_are_and_listed():
     inp = keras.Input((8, 8, 3), name="img")
     x = DoubledConv2D(4, 3, name="doubled")(inp)
     x = ChannelScale(name="scale")(x)
+    x = ChannelMix(name="mix")(x)
     x = L.Flatten(name="flat")(x)
     model = keras.Model(inp, L.Dense(2, name="fc")(x), name="custom")
     model.get_layer("scale").scale.assign([0.5, -1.0, 2.0, 3.0])
@@ -485,11 +496,12 @@ def test_custom_layers_are_left_as_they_are_and_listed():
     compressed, ctrl = kc.compress(model, qat(), dataset=images())
 
     assert type(compressed.get_layer("doubled")) is DoubledConv2D
-    assert type(compressed.get_layer("scale")) is ChannelScale
+    assert type(compressed.get_layer("scale")) is ChannelScale and type(compressed.get_layer("mix")) is ChannelMix
     np.testing.assert_array_equal(np.asarray(compressed.get_layer("scale").scale), [0.5, -1.0, 2.0, 3.0])
+    # The vector-weighted layer has nothing to compress (as a norm): not listed; the kernel one is.
     assert ctrl.statistics().skipped() == {
         "doubled": "quantization: subclass of Conv2D that overrides call()",
-        "scale": "quantization: layer type ChannelScale computes with weights of its own: it runs in float "
+        "mix": "quantization: layer type ChannelMix computes with weights of its own: it runs in float "
         "(opt it in with `compressible_weights()` and `call_with_weights()`, see docs/custom_layers.md)",
     }
     assert isinstance(compressed.get_layer("fc"), kc.QuantizeWrapper)

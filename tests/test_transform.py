@@ -577,13 +577,23 @@ def test_matches_scope():
 
 
 class ChannelScale(keras.layers.Layer):
-    """A custom layer with a weight."""
+    """A custom layer with a vector weight: nothing to compress, like a norm's gain."""
 
     def build(self, input_shape):
         self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones")
 
     def call(self, x):
         return x * self.scale
+
+
+class ChannelMix(keras.layers.Layer):
+    """A custom layer that multiplies by a kernel of its own (and does not opt in)."""
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], input_shape[-1]), initializer="identity")
+
+    def call(self, x):
+        return keras.ops.matmul(x, self.kernel)
 
 
 class DoubledConv2D(keras.layers.Conv2D):
@@ -601,6 +611,7 @@ def test_custom_layers_are_left_as_they_are_and_listed_as_skipped():
     inp = keras.Input((8, 8, 3), name="img")
     x = DoubledConv2D(4, 3, name="doubled")(inp)
     x = ChannelScale(name="scale")(x)
+    x = ChannelMix(name="mix")(x)
     x = PlainConv2D(4, 3, name="plain")(x)
     x = L.Flatten(name="flatten")(x)
     out = L.Dense(2, name="fc")(x)
@@ -612,11 +623,12 @@ def test_custom_layers_are_left_as_they_are_and_listed_as_skipped():
     off, _ = kc.compress(model, {"compression": []})
 
     types = layer_types(compressed)
-    assert types["doubled"] is DoubledConv2D and types["scale"] is ChannelScale
+    assert types["doubled"] is DoubledConv2D and types["scale"] is ChannelScale and types["mix"] is ChannelMix
     assert types["plain"] is kc.QuantizeWrapper and types["fc"] is kc.QuantizeWrapper
+    # A layer whose weights are all vectors has nothing to compress (as a norm's gain): not listed.
     assert ctrl.statistics().sections["quantization"]["skipped"] == {
         "doubled": "subclass of Conv2D that overrides call()",
-        "scale": "layer type ChannelScale computes with weights of its own: it runs in float (opt it in with "
+        "mix": "layer type ChannelMix computes with weights of its own: it runs in float (opt it in with "
         "`compressible_weights()` and `call_with_weights()`, see docs/custom_layers.md)",
     }
     np.testing.assert_array_equal(np.asarray(compressed.get_layer("scale").scale), [0.5, -1.0, 2.0, 3.0])
