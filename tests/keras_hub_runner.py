@@ -72,10 +72,14 @@ PARTLY_INT8 = {
     "vit_det": "11 of 19: 4 MatMuls of AddRelativePositionalEmbedding (a layer with weights of its own: "
     "the relative-position einsums stay float) and 4 FullyConnected that OpenVINO keeps in f32 "
     "(not analysed)",
-    "xlnet": "22 of 24: 2 FullyConnected of TwoStreamRelativeAttention stay f32 in OpenVINO's runtime "
-    "(not analysed)",
-    "gemma3n": "49 of 53: 1 Convolution, 2 FullyConnected and 1 MatMul stay f32 in OpenVINO's runtime "
-    "(not analysed)",
+    "xlnet": "22 of 24: the 2 f32 FullyConnected are TwoStreamRelativeAttention's segment term, "
+    "einsum('bind,snd->bnis', query + bias, segment_encoding), whose second operand is a weight of the "
+    "encoder (one vector per segment and head): a matmul with a weight, not a layer's, left in float",
+    "gemma3n": "49 of 53: AltUp calls its prediction_coefs / correction_coefs Dense layers and its "
+    "coefficient matmul from its predict() and correct() methods, not from call(), and a composite layer's "
+    "graph is recorded from call(): their inputs get no quantizer (2 FullyConnected, 1 MatMul in f32; their "
+    "weights are quantized). The vision stem's 3-channel Convolution stays f32 in OpenVINO's runtime "
+    "although both its inputs are FakeQuantize outputs (its input is a Concat of the images with a constant)",
     "rwkv7": "17 of 158: RWKV7TimeMix has weights of its own (w1, a1, g1, ...) besides its Dense "
     "sublayers, so it is left as it is, sublayers included, and listed; its WKV recurrence, unrolled "
     "over the length it is exported at (the compressed one: its call needs the length known to trace), "
