@@ -150,16 +150,22 @@ def plan_activation_quantizers(
                 if role == "matmul" and pos == 1:
                     signed_refs.add(ref)
 
-    # Move tensor quantizers up through precision-preserving layers, latest producers first.
+    # Move tensor quantizers up through precision-preserving layers, latest producers first. A
+    # concatenation whose inputs share one quantizer reads its input on that grid too (see
+    # `_join_concatenations`), so it counts as wanting the tensor quantizer: DenseNet's first pooling,
+    # read by the first block's BatchNormalization and concatenation, then runs on int8 with the
+    # quantizer on the ReLU before it, as NNCF places it.
     pending = sorted(needs, key=lambda r: r[0])
     while pending:
         ref = pending.pop()
         producer = graph.producer(ref)
+        unified = {edge for edge in graph.consumers(ref)
+                   if edges.get(edge, ("",))[0] == "merge" and _role(graph.calls[edge[0]]) == "concat"}  # fmt: skip
         if (
             producer is not None
             and _role(producer) in AGNOSTIC_ROLES
             and len(producer.inputs) == 1
-            and needs[ref] == set(graph.consumers(ref))
+            and needs[ref] | unified == set(graph.consumers(ref))
             and not graph.is_model_output(ref)
             and (graph.producer(producer.inputs[0]) is not None or quantize_inputs)
         ):
