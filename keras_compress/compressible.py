@@ -241,6 +241,7 @@ def uncompressed_by_design(layer):
     weights = getattr(layer, "weights", None) or []
     return compressible_spec(layer) is None and bool(weights) and all(len(w.shape) <= 1 for w in weights)
 
+
 #: Supported layer class -> its spec. Subclasses that keep the parent's `call` are supported too.
 COMPRESSIBLE_LAYERS = {spec.layer_class: spec for spec in _SPECS}
 
