@@ -135,14 +135,10 @@ def tfmot_models(name, size):
 SIDES = {"keras_side": keras_models, "tfmot_side": tfmot_models}
 
 
-def keras_side(name, size, batch, rounds, steps):
+def ratio_side(side, name, size, batch, rounds, steps):
+    """One side's QAT / FP32 step figures (`interleaved_ratio`)."""
     x, y = batch_of(name, size, batch)
-    return interleaved_ratio(keras_models(name, size), x, y, rounds, steps)
-
-
-def tfmot_side(name, size, batch, rounds, steps):
-    x, y = batch_of(name, size, batch)
-    return interleaved_ratio(tfmot_models(name, size), x, y, rounds, steps)
+    return interleaved_ratio(SIDES[side](name, size), x, y, rounds, steps)
 
 
 def profile_side(side, name, size, batch, steps):
@@ -193,7 +189,7 @@ CHILD = """
 import json, sys
 sys.path.insert(0, {here!r})
 import qat_overhead
-print("RESULT " + json.dumps(qat_overhead.{side}({name!r}, {size}, {batch}, {rounds}, {steps})))
+print("RESULT " + json.dumps(qat_overhead.ratio_side({side!r}, {name!r}, {size}, {batch}, {rounds}, {steps})))
 """
 
 
