@@ -67,8 +67,8 @@ def failures(family, result):
 
 #: The families `pytest -m slow` (and so CI) runs: the ones the KerasHub issue named, one of each kind of
 #: vision backbone and a mixture of experts (partly int8): 5 minutes on 2 cores. Every family
-#: (`run_list()`: 74, about an hour on 2 cores) runs with `KC_KERAS_HUB_FAMILIES=all`; a comma-separated
-#: list runs those.
+#: (`run_list()`: 74, 17 min 38 s on a quiet 2-core machine, longer under load) runs with
+#: `KC_KERAS_HUB_FAMILIES=all`; a comma-separated list runs those.
 CI_FAMILIES = ("bert", "distil_bert", "roberta", "gpt2", "gemma", "llama", "mistral", "qwen", "vit", "resnet",
                "efficientnet", "mixtral")  # fmt: skip
 
