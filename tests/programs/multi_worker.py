@@ -85,6 +85,7 @@ for epoch in range(EPOCHS):
         ctrl.on_train_batch_begin(int(optimizer.iterations.numpy()))
         losses.append(float(train_step(xb, yb)))
         levels.append(float(ctrl.algorithm("magnitude_sparsity").level))
+    ctrl.on_epoch_end()
 ctrl.on_train_end()
 
 
